@@ -1,0 +1,309 @@
+"""``AMQPBackend``: the Celery-facing class.  It stays thin and delegates.
+
+Names and signatures follow ``celery.backends.amqp.AMQPBackend`` of Celery 3.1
+and 4.4; behaviour follows SPEC section 3 where the original differed (reading
+never destroys a result, the URL is honoured, timeouts are deadlines).
+"""
+from __future__ import annotations
+
+import operator
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import kombu
+from celery import states
+from celery.backends.base import BaseBackend
+from celery.result import GroupResult, result_from_tuple
+
+from . import connection as conn_mod
+from .codec import decode_state, encode_state
+from .errors import BacklogLimitExceeded
+from .naming import Names
+from .read import peek
+from .settings import Settings
+from .store import Store
+from .topology import NoCacheQueue, Topology
+from .waiter import Waiter, drain
+
+Meta = Dict[str, Any]
+
+
+class AMQPBackend(BaseBackend):
+    """Celery result backend keeping each task's newest state in its own RabbitMQ queue."""
+
+    #: Exception raised by bounded fast-forward reads (see errors.BacklogLimitExceeded).
+    BacklogLimitExceeded = BacklogLimitExceeded
+
+    #: kombu's classes, as the original exposed them.
+    Exchange = kombu.Exchange
+    Queue = NoCacheQueue
+    Consumer = kombu.Consumer
+    Producer = kombu.Producer
+
+    persistent = True
+    supports_autoexpire = True
+    supports_native_join = True
+
+    retry_policy = {
+        "max_retries": 20,
+        "interval_start": 0,
+        "interval_step": 1,
+        "interval_max": 1,
+    }
+
+    def __init__(self, app: Any, connection: Optional[kombu.Connection] = None,
+                 exchange: Optional[str] = None, exchange_type: Optional[str] = None,
+                 persistent: Optional[bool] = None, serializer: Optional[str] = None,
+                 auto_delete: bool = True, **kwargs: Any) -> None:
+        super().__init__(app, serializer=serializer, **kwargs)
+        conf = self.app.conf
+        #: A per-instance copy: never shared mutable state between backends.
+        self.retry_policy = dict(type(self).retry_policy)
+        self.settings = Settings.from_conf(conf)
+        self.persistent = self.prepare_persistent(persistent)
+        self.auto_delete = auto_delete
+        self.names = Names(self.settings.queue_prefix)
+        self.topology = Topology(
+            self.names,
+            exchange or conf.result_exchange,
+            exchange_type or conf.result_exchange_type,
+            self.expires, self.persistent)
+        self.exchange = self.topology.exchange
+        self._connection_arg = connection
+        self._template = conn_mod.make_connection(app, self.url, connection, self.settings.ssl)
+        self._pool = conn_mod.ConnectionPool(
+            self._template.clone, conf.get("broker_pool_limit") or 10)
+        self._store = Store(self._pool, self.topology, self.retry_policy)
+        self._local = threading.local()
+
+    # -- naming (seed API) -------------------------------------------------------------------
+
+    def rkey(self, task_id: str) -> str:
+        """Routing key under which the states of ``task_id`` are announced."""
+        return self.names.routing_key(task_id)
+
+    def destination_for(self, task_id: str, request: Any) -> Tuple[str, str]:
+        """``(queue name, correlation id)`` a state of ``task_id`` is stored under."""
+        correlation_id = getattr(request, "correlation_id", None) or task_id
+        return self.names.task_queue(task_id), correlation_id
+
+    def on_reply_declare(self, task_id: str) -> List[NoCacheQueue]:
+        """Entities declared before the first state of ``task_id`` is stored."""
+        return [self.topology.storage_queue(self.names.task_queue(task_id))]
+
+    def revive(self, channel: Any) -> None:
+        """Nothing to revive: every operation takes a fresh channel from the pool."""
+
+    def as_uri(self, include_password: bool = False) -> str:
+        """The backend URL, password masked unless ``include_password``."""
+        url = self.url or "amqp://"
+        return url if include_password else conn_mod.sanitize(url)
+
+    # -- storing -----------------------------------------------------------------------------
+
+    def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        queue_name = self.names.task_queue(task_id)
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback,
+                                     request=request)
+        meta["task_id"] = task_id
+        body, content_type, content_encoding = encode_state(meta, self.serializer)
+        self._store.put(task_id, state, queue_name, self.rkey(task_id),
+                        body, content_type, content_encoding)
+        return result
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        """Connection-level failures may be retried (``result_backend_always_retry``)."""
+        return isinstance(exc, tuple(self._template.recoverable_connection_errors))
+
+    def _forget(self, task_id: str) -> None:
+        self._store.delete(self.names.task_queue(task_id))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_task_meta(self, task_id: str, backlog_limit: int = 1000,
+                      cache: bool = True) -> Meta:
+        """The newest state of ``task_id``; PENDING if none is stored.  Never removes it."""
+        if backlog_limit < 1:
+            raise ValueError(f"backlog_limit must be at least 1, got {backlog_limit!r}")
+        return super().get_task_meta(task_id, cache=cache)
+
+    poll = get_task_meta
+
+    def _get_task_meta_for(self, task_id: str) -> Meta:
+        meta = self._peek_meta(self.names.task_queue(task_id), task_id)
+        if meta is None:
+            return {"status": states.PENDING, "result": None}
+        return self.meta_from_decoded(meta)
+
+    def _peek_meta(self, queue_name: str, task_id: str) -> Optional[Meta]:
+        grace = self.settings.peek_grace
+        message = self._store.run(lambda channel: peek(channel, queue_name, grace))
+        if message is None:
+            return None
+        return decode_state(task_id, queue_name, message.body,
+                            message.properties.get("content_type"),
+                            message.properties.get("content_encoding"), self.accept)
+
+    def _decode_pushed(self, task_id: str, message: Any) -> Meta:
+        return decode_state(task_id, self.names.task_queue(task_id), message.body,
+                            message.properties.get("content_type"),
+                            message.properties.get("content_encoding"), self.accept)
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def _waiter(self) -> Waiter:
+        """This thread's waiter (its own connection and queue); a fresh one after fork."""
+        local = self._local
+        waiter = getattr(local, "waiter", None)
+        if waiter is None or local.pid != os.getpid():
+            if waiter is not None:
+                waiter.forget_after_fork()
+            waiter = Waiter(self._template.clone, self.topology, self._decode_pushed,
+                            self.settings.peek_grace, self.retry_policy)
+            local.waiter, local.pid = waiter, os.getpid()
+        return waiter
+
+    def consume(self, task_id: str, timeout: Optional[float] = None, no_ack: bool = True,
+                on_interval: Optional[Callable[[], Any]] = None) -> Iterator[Meta]:
+        """Yield each state of ``task_id`` as it arrives, ending with the ready one."""
+        for _, meta in self._waiter().states([task_id], timeout, on_interval):
+            yield self._remember(task_id, meta)
+
+    def wait_for(self, task_id: str, timeout: Optional[float] = None, cache: bool = True,
+                 propagate: bool = True, no_ack: bool = True,
+                 on_interval: Optional[Callable[[], Any]] = None,
+                 READY_STATES: frozenset = states.READY_STATES,
+                 PROPAGATE_STATES: frozenset = states.PROPAGATE_STATES,
+                 on_message: Optional[Callable[[Meta], Any]] = None,
+                 **kwargs: Any) -> Meta:
+        """Wait until ``task_id`` is ready and return its meta; raise its error if asked.
+
+        ``timeout`` is a deadline (``0`` checks once): celery's TimeoutError past it.
+        """
+        meta = self._cache.get(task_id) if cache else None
+        if not meta or meta["status"] not in READY_STATES:
+            for _, state in self._waiter().states([task_id], timeout, on_interval):
+                if on_message is not None:
+                    on_message(state)
+                meta = self._remember(task_id, state)
+        if propagate and meta["status"] in PROPAGATE_STATES:
+            raise meta["result"]
+        return meta
+
+    def wait_for_pending(self, result: Any, timeout: Optional[float] = None,
+                         interval: float = 0.5, no_ack: bool = True,
+                         on_message: Optional[Callable[[Meta], Any]] = None,
+                         on_interval: Optional[Callable[[], Any]] = None,
+                         callback: Optional[Callable[..., Any]] = None,
+                         propagate: bool = True) -> Any:
+        """What ``AsyncResult.get`` calls: wait pushed, with one deadline, then return."""
+        self._ensure_not_eager()
+        meta = self.wait_for(result.id, timeout=timeout, propagate=False,
+                             on_interval=on_interval, on_message=on_message)
+        result._maybe_set_cache(meta)
+        return result.maybe_throw(propagate=propagate, callback=callback)
+
+    def get_many(self, task_ids: Iterable[str], timeout: Optional[float] = None,
+                 no_ack: bool = True, on_message: Optional[Callable[[Meta], Any]] = None,
+                 on_interval: Optional[Callable[[], Any]] = None,
+                 now: Callable[[], float] = time.monotonic,
+                 getfields: Callable[[Meta], Any] = operator.itemgetter("status", "task_id"),
+                 READY_STATES: frozenset = states.READY_STATES,
+                 PROPAGATE_STATES: frozenset = states.PROPAGATE_STATES,
+                 interval: float = 0.5, max_iterations: Optional[int] = None,
+                 **kwargs: Any) -> Iterator[Tuple[str, Meta]]:
+        """Yield ``(task_id, meta)`` for each task as it becomes ready, in arrival order.
+
+        ``timeout`` is one deadline for the whole join.  ``max_iterations=1`` (what
+        ``ResultSet`` uses to look without waiting) yields only what is ready now.
+        """
+        ids = set(task_ids)
+        for task_id in sorted(ids):
+            self.names.task_queue(task_id)  # validate every id before waiting
+            cached = self._cache.get(task_id)
+            if cached and cached["status"] in READY_STATES:
+                ids.discard(task_id)
+                yield task_id, cached
+        if not ids:
+            return
+        if max_iterations is not None and max_iterations <= 1:
+            for task_id in sorted(ids):
+                meta = self.get_task_meta(task_id, cache=False)
+                if meta["status"] in READY_STATES:
+                    yield task_id, self._remember(task_id, meta, decoded=True)
+            return
+        for task_id, meta in self._waiter().states(ids, timeout, on_interval):
+            if on_message is not None:
+                on_message(meta)
+            if meta["status"] in READY_STATES:
+                yield task_id, self._remember(task_id, meta)
+
+    def drain_events(self, connection: Any, consumer: Any, timeout: Optional[float] = None,
+                     on_interval: Optional[Callable[[], Any]] = None,
+                     now: Callable[[], float] = time.monotonic,
+                     wait: Optional[Callable[..., Any]] = None) -> Dict[str, Meta]:
+        """Drain ``connection`` until ``consumer`` receives ready states; return them by id.
+
+        ``timeout`` is one deadline for the whole call: celery's TimeoutError past it.
+        """
+        results: Dict[str, Meta] = {}
+
+        def callback(meta: Meta, message: Any) -> None:
+            if meta["status"] in states.READY_STATES:
+                results[meta["task_id"]] = self.meta_from_decoded(meta)
+
+        consumer.callbacks[:] = [callback]
+        deadline = None if timeout is None else now() + timeout
+        drain(connection, deadline, lambda: bool(results), on_interval, wait, now)
+        self._cache.update(results)
+        return results
+
+    def _remember(self, task_id: str, meta: Meta, decoded: bool = False) -> Meta:
+        if not decoded:
+            meta = self.meta_from_decoded(meta)
+        if meta["status"] in states.READY_STATES:
+            self._cache[task_id] = meta
+        return meta
+
+    # -- groups ------------------------------------------------------------------------------
+
+    def _save_group(self, group_id: str, result: GroupResult) -> GroupResult:
+        queue_name = self.names.group_queue(group_id)
+        meta = {"task_id": group_id, "status": states.SUCCESS,
+                "result": result.as_tuple(), "date_done": self.app.now().isoformat()}
+        body, content_type, content_encoding = encode_state(meta, self.serializer)
+        self._store.put(group_id, states.SUCCESS, queue_name, None,
+                        body, content_type, content_encoding)
+        return result
+
+    def _restore_group(self, group_id: str) -> Optional[Meta]:
+        meta = self._peek_meta(self.names.group_queue(group_id), group_id)
+        if meta is None:
+            return None
+        meta["result"] = result_from_tuple(meta["result"], self.app)
+        return meta
+
+    def _delete_group(self, group_id: str) -> None:
+        self._store.delete(self.names.group_queue(group_id))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close this process's connections (pool and this thread's waiter)."""
+        waiter = getattr(self._local, "waiter", None)
+        if waiter is not None and self._local.pid == os.getpid():
+            waiter.close()
+        self._local = threading.local()
+        self._pool.close()
+
+    def __reduce__(self, args: tuple = (), kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        kwargs = dict(kwargs or {})
+        kwargs.update(
+            connection=self._connection_arg if self.url is None else None,
+            exchange=self.exchange.name, exchange_type=self.exchange.type,
+            persistent=self.persistent, serializer=self.serializer,
+            auto_delete=self.auto_delete, expires=self.expires, url=self.url)
+        return super().__reduce__(args, kwargs)

@@ -1,0 +1,36 @@
+"""Small AMQP channel operations that py-amqp lacks or that need care."""
+from __future__ import annotations
+
+from typing import Any, List
+
+from amqp import spec
+
+_RETURNS = "_amqp_results_returns"
+
+
+def nack_requeue(channel: Any, delivery_tag: int) -> None:
+    """Put a peeked message back with ``basic.nack`` (py-amqp only sends reject).
+
+    Quorum queues count ``basic.reject`` requeues towards their delivery limit
+    and drop the message after 20 from RabbitMQ 4.0; a nack does not count.
+    """
+    channel.send_method(spec.Basic.Nack, "Lbb", (delivery_tag, False, True))
+
+
+def returns_of(channel: Any) -> List[str]:
+    """The list that collects routing keys of messages the broker returned on ``channel``.
+
+    Without a handler py-amqp raises on ``basic.return`` in the middle of waiting
+    for the publish confirm and leaves that confirm unread, so the next publish
+    would take it for its own.  With one, the wait ends at the right confirm.
+    """
+    returned = getattr(channel, _RETURNS, None)
+    if returned is None:
+        returned = []
+        setattr(channel, _RETURNS, returned)
+
+        def on_return(exc: Any, exchange: str, routing_key: str, message: Any) -> None:
+            returned.append(routing_key)
+
+        channel.events["basic_return"].add(on_return)
+    return returned

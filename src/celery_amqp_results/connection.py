@@ -1,0 +1,120 @@
+"""Which broker the results live on, and how connections to it are made and shared.
+
+``amqp://host/vhost`` (or ``amqps://``) is honoured as given.  A URL with nothing
+after the scheme reuses the task broker's connection settings, as Celery 4's
+backend always did.  Every connection runs with publisher confirms, so a store
+returns only once the broker holds the state.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any, Callable, Dict, Optional
+
+from celery.exceptions import ImproperlyConfigured
+from kombu import Connection
+from kombu.utils.url import maybe_sanitize_url
+
+#: Transports that speak AMQP 0-9-1 through py-amqp.
+AMQP_TRANSPORTS = {"amqp", "amqps", "pyamqp"}
+
+
+def is_bare(url: Optional[str]) -> bool:
+    """True for ``amqp://``/``amqps://`` with nothing after the scheme (or no URL)."""
+    if not url:
+        return True
+    _, sep, rest = url.partition("://")
+    return bool(sep) and rest.strip("/") == ""
+
+
+def sanitize(url: str) -> str:
+    """``url`` with every password masked, also in ``;``-separated failover lists."""
+    return ";".join(maybe_sanitize_url(part) for part in url.split(";"))
+
+
+def describe(connection: Connection) -> str:
+    """Host and vhost of ``connection`` for error messages; never the password."""
+    return f"{connection.hostname}:{connection.port or 5672} vhost {connection.virtual_host!r}"
+
+
+def make_connection(app: Any, url: Optional[str], connection: Optional[Connection],
+                    ssl: Any = None) -> Connection:
+    """Build the connection template every pooled or waiter connection is cloned from."""
+    conf = app.conf
+    options: Dict[str, Any] = dict(conf.get("result_backend_transport_options") or {})
+    options["confirm_publish"] = True
+    if connection is not None:
+        base = connection
+    elif is_bare(url):
+        base = app.connection_for_write()
+        if base.transport_cls not in AMQP_TRANSPORTS:
+            raise ImproperlyConfigured(
+                f"result_backend {url or 'amqp://'!r} reuses the task broker's connection, "
+                f"but the broker is {sanitize(base.as_uri())!r}, not RabbitMQ: give the "
+                f"result backend a full URL such as amqp://user:password@host:5672/vhost")
+        options = dict(base.transport_options or {}, **options)
+    else:
+        assert url is not None
+        use_ssl = ssl if ssl is not None else (True if url.startswith("amqps") else None)
+        base = Connection(
+            url, ssl=use_ssl, heartbeat=conf.get("broker_heartbeat") or 0,
+            connect_timeout=conf.get("broker_connection_timeout") or 4)
+        if base.transport_cls not in AMQP_TRANSPORTS:
+            raise ImproperlyConfigured(f"not an AMQP URL: {sanitize(url)!r}")
+    return base.clone(transport_options=options)
+
+
+class ConnectionPool:
+    """A process-local kombu pool of confirm-mode connections, reset after fork.
+
+    A forked child must not talk on its parent's sockets (a close frame from the
+    child would close the parent's connection), so it drops them unclosed.
+    """
+
+    def __init__(self, factory: Callable[[], Connection], limit: Optional[int]) -> None:
+        self._factory = factory
+        self._limit = limit
+        self._pool: Any = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> Any:
+        """A pooled connection, to use in a ``with`` block."""
+        return self._current().acquire(block=True)
+
+    def _current(self) -> Any:
+        if self._pid != os.getpid():
+            self._forget_after_fork()
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = self._factory().Pool(limit=self._limit)
+                pool = self._pool
+        return pool
+
+    def _forget_after_fork(self) -> None:
+        self._pool = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every connection of this process's pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.force_close_all()
+
+
+def register_after_fork(obj: Any, method: str) -> None:
+    """Call ``obj.<method>()`` in a forked child, without keeping ``obj`` alive."""
+    if not hasattr(os, "register_at_fork"):  # pragma: no cover - not on POSIX
+        return
+    ref = weakref.ref(obj)
+
+    def after_in_child() -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, method)()
+
+    os.register_at_fork(after_in_child=after_in_child)

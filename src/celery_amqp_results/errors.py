@@ -1,0 +1,52 @@
+"""Exceptions raised by the backend: each one names the task and the cause."""
+from __future__ import annotations
+
+from typing import Optional
+
+from celery.exceptions import BackendGetMetaError, BackendStoreError
+
+
+class BacklogLimitExceeded(Exception):
+    """Too much state history to fast-forward.
+
+    Raised by the bounded fast-forward reads (``backlog_limit``) when a queue
+    holds more states than the limit allows.  The default topology keeps one
+    state per task, so normal use never raises it.
+    """
+
+
+class InvalidTaskIdError(ValueError):
+    """A task id that cannot name a result: empty, not a string, or too long."""
+
+
+class InvalidResultError(BackendGetMetaError):
+    """A stored result that cannot be read: undecodable, disallowed content type, missing fields.
+
+    The message is left where it was (it is never acknowledged away), so the
+    cause can be inspected and fixed; the backend keeps working for other tasks.
+    """
+
+    def __init__(self, message: str, *, task_id: str = "", queue: str = "",
+                 cause: Optional[BaseException] = None) -> None:
+        super().__init__(message, task_id=task_id)
+        self.args = (message,)
+        self.queue = queue
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ResultStoreError(BackendStoreError):
+    """A state could not be stored: the broker refused it or stayed unreachable."""
+
+    def __init__(self, message: str, *, task_id: str = "", state: str = "") -> None:
+        super().__init__(message, task_id=task_id, state=state)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class QueueArgumentsMismatch(Exception):
+    """A result queue exists with arguments that differ from this process's settings."""

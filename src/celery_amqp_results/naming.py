@@ -1,0 +1,51 @@
+"""Names on the broker: validated task ids, result queue names and routing keys."""
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InvalidTaskIdError
+
+#: AMQP 0-9-1 short strings (queue names, routing keys) hold at most 255 bytes.
+SHORTSTR_MAX = 255
+
+
+def validate_id(value: Any, prefix: str, kind: str = "task id") -> str:
+    """Return ``value`` if it can name a result queue under ``prefix``, else raise.
+
+    Checked up front so a bad id fails with a sentence naming it, instead of a
+    broker error (or a channel closed) somewhere down the line.
+    """
+    if not isinstance(value, str):
+        raise InvalidTaskIdError(
+            f"{kind} must be a string, got {type(value).__name__}: {value!r}")
+    if not value:
+        raise InvalidTaskIdError(f"{kind} must not be empty")
+    size = len((prefix + value).encode("utf-8"))
+    if size > SHORTSTR_MAX:
+        limit = SHORTSTR_MAX - len(prefix.encode("utf-8"))
+        raise InvalidTaskIdError(
+            f"{kind} {value[:40]!r}... is too long: {len(value.encode('utf-8'))} bytes, "
+            f"at most {limit} fit in a RabbitMQ queue name after the prefix {prefix!r}")
+    return value
+
+
+class Names:
+    """Queue names for one queue prefix (``amqp_results_queue_prefix``)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.task_prefix = prefix + "task."
+        self.group_prefix = prefix + "group."
+        self.waiter_prefix = prefix + "waiter."
+
+    def task_queue(self, task_id: Any) -> str:
+        """Name of the queue that stores the newest state of ``task_id``."""
+        return self.task_prefix + validate_id(task_id, self.task_prefix)
+
+    def group_queue(self, group_id: Any) -> str:
+        """Name of the queue that stores a saved group."""
+        return self.group_prefix + validate_id(group_id, self.group_prefix, "group id")
+
+    def routing_key(self, task_id: Any) -> str:
+        """Routing key on the notify exchange under which a task's states are announced."""
+        return validate_id(task_id, "")

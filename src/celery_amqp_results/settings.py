@@ -1,0 +1,39 @@
+"""This package's own settings, read from the Celery app's configuration.
+
+Every setting has one name and one meaning; README.md lists them with these
+defaults.  Celery's own ``result_*`` settings are read where Celery defines them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+#: Prefix of every queue this backend declares (results, groups, waiters).
+#: All processes sharing a vhost must agree on it.
+DEFAULT_QUEUE_PREFIX = "celery-results."
+
+#: Seconds a reader keeps retrying when a result queue exists but is empty for
+#: an instant: another reader is holding the message between its ``basic.get``
+#: and its requeue.
+DEFAULT_PEEK_GRACE = 0.05
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The package's settings, with their defaults."""
+
+    queue_prefix: str = DEFAULT_QUEUE_PREFIX
+    peek_grace: float = DEFAULT_PEEK_GRACE
+    ssl: Optional[Any] = None
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any]) -> Settings:
+        """Read ``amqp_results_*`` settings from a Celery configuration."""
+        prefix = conf.get("amqp_results_queue_prefix") or DEFAULT_QUEUE_PREFIX
+        if not isinstance(prefix, str):
+            raise TypeError(f"amqp_results_queue_prefix must be a string, got {prefix!r}")
+        grace = conf.get("amqp_results_peek_grace")
+        grace = DEFAULT_PEEK_GRACE if grace is None else float(grace)
+        if grace < 0:
+            raise ValueError(f"amqp_results_peek_grace must be >= 0, got {grace!r}")
+        return cls(queue_prefix=prefix, peek_grace=grace, ssl=conf.get("amqp_results_ssl"))

@@ -1,0 +1,128 @@
+"""Writing states: each store is confirmed by the broker or raises, never dropped."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Dict, Optional, TypeVar
+
+import amqp
+from amqp.exceptions import PreconditionFailed
+from kombu.common import maybe_declare
+from kombu.utils.functional import LRUCache
+
+from .channel import returns_of
+from .connection import ConnectionPool
+from .errors import ResultStoreError
+from .topology import Topology
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How many task ids a process remembers having declared a queue for.
+DECLARED_CACHE_SIZE = 10_000
+
+
+class _NoRevive:
+    """kombu's ``ensure`` revives an object after reconnecting; ours fetch channels afresh."""
+
+    def revive(self, channel: Any) -> None:
+        pass
+
+
+class Store:
+    """Stores states in per-task queues and announces them to waiters.
+
+    A state is published to its task's queue through the default exchange,
+    ``mandatory`` and confirmed; then, once the broker has confirmed it, it is
+    published again on the notify exchange for waiters.  That order means a
+    waiter that bound its queue and then peeked cannot miss a state: if the
+    peek came too early for the stored copy, the announcement came after the
+    binding.  The queue is declared on the first state a process stores for a
+    task; if it has since vanished (forgotten, expired), the broker returns
+    the state and it is declared and published again.
+    """
+
+    def __init__(self, pool: ConnectionPool, topology: Topology,
+                 retry_policy: Dict[str, Any]) -> None:
+        self.pool = pool
+        self.topology = topology
+        self.retry_policy = retry_policy
+        self._declared = LRUCache(limit=DECLARED_CACHE_SIZE)
+        self._lock = threading.Lock()
+
+    def run(self, operation: Callable[[Any], T]) -> T:
+        """Run ``operation(channel)`` on a pooled connection, retrying by the retry policy."""
+        with self.pool.acquire() as conn:
+            def attempt() -> T:
+                return operation(conn.default_channel)
+            return conn.ensure(_NoRevive(), attempt, **self.retry_policy)()
+
+    def put(self, task_id: str, state: str, queue_name: str, routing_key: Optional[str],
+            body: bytes, content_type: str, content_encoding: str) -> None:
+        """Store one state of ``task_id`` in ``queue_name``; announce it under ``routing_key``."""
+        properties: Dict[str, Any] = {
+            "content_type": content_type,
+            "content_encoding": content_encoding,
+            "delivery_mode": self.topology.delivery_mode,
+            "correlation_id": task_id,
+        }
+        if self.topology.message_expiration:
+            properties["expiration"] = self.topology.message_expiration
+
+        def operation(channel: Any) -> None:
+            if queue_name not in self._declared:
+                self._declare(channel, queue_name)
+            if not self._publish_stored(channel, queue_name, body, properties):
+                # The queue went away since we declared it: declare it again.
+                self._declare(channel, queue_name)
+                if not self._publish_stored(channel, queue_name, body, properties):
+                    raise ResultStoreError(
+                        f"the broker returned the {state} state of task {task_id!r} as "
+                        f"unroutable twice: queue {queue_name!r} vanished right after "
+                        f"being declared", task_id=task_id, state=state)
+            if routing_key is not None:
+                channel.basic_publish(
+                    amqp.Message(body, **properties),
+                    exchange=self._exchange(channel), routing_key=routing_key)
+
+        try:
+            self.run(operation)
+        except amqp.exceptions.MessageNacked as exc:
+            raise ResultStoreError(
+                f"the broker refused (nack) the {state} state of task {task_id!r}",
+                task_id=task_id, state=state) from exc
+
+    def delete(self, queue_name: str) -> None:
+        """Delete a stored result for everyone (no error if it is already gone)."""
+        def operation(channel: Any) -> None:
+            channel.queue_delete(queue=queue_name)
+            self._declared.pop(queue_name, None)
+        self.run(operation)
+
+    def _exchange(self, channel: Any) -> str:
+        maybe_declare(self.topology.exchange, channel)
+        return str(self.topology.exchange.name)
+
+    def _declare(self, channel: Any, queue_name: str) -> None:
+        queue = self.topology.storage_queue(queue_name)
+        try:
+            queue.queue_declare(channel=channel)
+        except PreconditionFailed as exc:
+            # py-amqp has reopened the channel.  The queue exists, so the state
+            # can still be stored in it: store it and say loudly what differs.
+            logger.error(self.topology.explain_mismatch(queue_name, str(exc)))
+        self._declared[queue_name] = True
+
+    def _publish_stored(self, channel: Any, queue_name: str, body: bytes,
+                        properties: Dict[str, Any]) -> bool:
+        """Publish to the queue itself; False if the broker returned it (no such queue)."""
+        returned = returns_of(channel)
+        returned.clear()
+        channel.basic_publish(
+            amqp.Message(body, **properties), exchange="", routing_key=queue_name,
+            mandatory=True)
+        if queue_name in returned:
+            self._declared.pop(queue_name, None)
+            return False
+        return True

@@ -1,0 +1,89 @@
+"""What the backend declares on the broker, with which arguments, and what a clash means.
+
+Default topology (README "Broker topology"):
+
+* one durable queue per task, ``<prefix>task.<task_id>``, that keeps only the
+  newest state (``x-max-length=1`` + ``x-overflow=drop-head``) and goes away
+  ``result_expires`` after its last use (``x-expires``).  States are published
+  to it through the default exchange, each with a per-message TTL of
+  ``result_expires``, so a result disappears that long after it was stored;
+* one exchange, ``result_exchange`` (durable), on which every state is
+  published a second time with the task id as routing key, for waiters;
+* one exclusive queue per waiting thread, bound to that exchange for the task
+  ids it waits on while it waits.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Optional
+
+import kombu
+
+from .naming import Names
+
+#: Queue arguments that make a queue keep only the newest state.
+NEWEST_ONLY = {"x-max-length": 1, "x-overflow": "drop-head"}
+
+#: Which setting decides each queue property, to name it when queues clash.
+SETTING_FOR_ARGUMENT = {
+    "x-expires": "result_expires",
+    "x-max-length": "the result topology (queue keeps only the newest state)",
+    "x-overflow": "the result topology (queue keeps only the newest state)",
+    "durable": "the result topology (result queues are durable)",
+    "auto_delete": "the result topology (result queues are not auto-delete)",
+    "exclusive": "the result topology (result queues are not exclusive)",
+}
+
+_INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)'")
+
+
+class NoCacheQueue(kombu.Queue):
+    """A kombu Queue whose declaration is never cached: it may have been deleted since."""
+
+    can_cache_declaration = False
+
+
+class Topology:
+    """The broker entities for one set of settings; pure, no I/O."""
+
+    def __init__(self, names: Names, exchange_name: str, exchange_type: str,
+                 expires: Optional[float], persistent: bool) -> None:
+        if exchange_type == "headers":
+            raise ValueError(
+                "result_exchange_type 'headers' cannot route a state by task id: "
+                "use 'direct' (the default), 'topic' or 'fanout'")
+        self.names = names
+        self.expires = expires if expires and expires > 0 else None
+        self.persistent = persistent
+        self.delivery_mode = 2 if persistent else 1
+        self.exchange = kombu.Exchange(
+            exchange_name, exchange_type, durable=True, auto_delete=False)
+        self.queue_arguments: Dict[str, Any] = dict(NEWEST_ONLY)
+        if self.expires:
+            self.queue_arguments["x-expires"] = self.expires_ms
+        #: AMQP ``expiration`` property of every stored state, or None to keep it.
+        self.message_expiration: Optional[str] = (
+            str(self.expires_ms) if self.expires else None)
+
+    @property
+    def expires_ms(self) -> int:
+        assert self.expires is not None
+        return max(1, round(self.expires * 1000))
+
+    def storage_queue(self, queue_name: str) -> NoCacheQueue:
+        """The durable newest-state-only queue called ``queue_name``."""
+        return NoCacheQueue(
+            queue_name, exchange=kombu.Exchange(""), routing_key=queue_name,
+            durable=True, auto_delete=False, queue_arguments=self.queue_arguments)
+
+    def explain_mismatch(self, queue_name: str, reply_text: str) -> str:
+        """Turn RabbitMQ's PRECONDITION_FAILED text into a sentence naming the setting."""
+        match = _INEQUIVALENT.search(reply_text)
+        argument = match.group(1) if match else "unknown"
+        setting = SETTING_FOR_ARGUMENT.get(argument, "a queue setting")
+        mine = self.queue_arguments.get(argument)
+        return (
+            f"result queue {queue_name!r} already exists with a different {argument!r} "
+            f"(this process would declare {mine!r}; broker said: {reply_text}). "
+            f"The setting that differs between processes is {setting}: every worker "
+            f"and client sharing this vhost must use the same value.")
