@@ -99,7 +99,9 @@ class AMQPBackend(BaseBackend):
     def as_uri(self, include_password: bool = False) -> str:
         """The backend URL, password masked unless ``include_password``."""
         url = self.url or "amqp://"
-        return url if include_password else conn_mod.sanitize(url)
+        if include_password or conn_mod.is_bare(url):
+            return url
+        return conn_mod.sanitize(url)
 
     # -- storing -----------------------------------------------------------------------------
 

@@ -1,0 +1,273 @@
+"""Store and read against the real RabbitMQ: confirmed stores, reads that never remove."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from celery import states
+
+from tests import broker
+from tests.broker import RawBroker
+from tests.conftest import ROOT, make_app
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def qname(task_id: str) -> str:
+    return f"celery-results.task.{task_id}"
+
+
+def test_store_returns_only_once_the_broker_has_the_state(backend, vhost) -> None:
+    task_id = new_id()
+    backend.store_result(task_id, {"answer": 42}, states.SUCCESS)
+    with RawBroker(vhost) as raw:
+        message = raw.peek(qname(task_id))
+    assert message is not None, "store_result returned before the broker held the state"
+    assert message.properties["delivery_mode"] == 2
+    assert message.properties["correlation_id"] == task_id
+    assert message.properties["expiration"] == str(24 * 3600 * 1000)
+    assert '"answer": 42' in message.body
+
+
+def test_unknown_id_is_pending_and_creates_nothing(backend, vhost) -> None:
+    task_id = new_id()
+    assert backend.get_task_meta(task_id) == {"status": states.PENDING, "result": None}
+    assert backend.get_state(task_id) == states.PENDING
+    with RawBroker(vhost) as raw:
+        assert not raw.exists(qname(task_id))
+
+
+def test_reading_never_removes(app, backend, vhost) -> None:
+    task_id = new_id()
+    backend.mark_as_done(task_id, "kept")
+    for _ in range(5):
+        assert backend.get_task_meta(task_id, cache=False)["result"] == "kept"
+        assert app.AsyncResult(task_id).get(timeout=5) == "kept"
+    with RawBroker(vhost) as raw:
+        assert raw.message_count(qname(task_id)) == 1
+
+
+def test_latest_state_wins_and_only_it_is_kept(backend, vhost) -> None:
+    task_id = new_id()
+    backend.store_result(task_id, None, states.STARTED)
+    assert backend.get_state(task_id) == states.STARTED
+    for step in range(3):
+        backend.store_result(task_id, {"step": step}, "PROGRESS")
+        meta = backend.get_task_meta(task_id)
+        assert (meta["status"], meta["result"]) == ("PROGRESS", {"step": step})
+    backend.mark_as_done(task_id, 7)
+    assert backend.get_task_meta(task_id)["result"] == 7
+    with RawBroker(vhost) as raw:
+        assert raw.message_count(qname(task_id)) == 1
+
+
+def test_regression_2000_unread_progress_states_then_a_read(backend) -> None:
+    """Celery 3.1/4.4 raised BacklogLimitExceeded past 1000 unread states."""
+    task_id = new_id()
+    for step in range(2000):
+        backend.store_result(task_id, {"step": step}, "PROGRESS")
+    meta = backend.get_task_meta(task_id)
+    assert (meta["status"], meta["result"]) == ("PROGRESS", {"step": 1999})
+    backend.mark_as_done(task_id, "done")
+    assert backend.get_task_meta(task_id)["result"] == "done"
+
+
+def test_regression_second_reader_after_get(app, url) -> None:
+    task_id = new_id()
+    app.backend.mark_as_done(task_id, [1, 2, 3])
+    assert app.AsyncResult(task_id).get(timeout=5) == [1, 2, 3]
+    other = make_app(url)
+    try:
+        assert other.AsyncResult(task_id).get(timeout=5) == [1, 2, 3]
+        assert other.AsyncResult(task_id).state == states.SUCCESS
+    finally:
+        other.backend.close()
+
+
+READER = """
+import sys
+from celery import Celery
+app = Celery("reader", broker=sys.argv[1], backend=sys.argv[1])
+r = app.AsyncResult(sys.argv[2])
+print(r.state, r.get(timeout=10))
+"""
+
+
+def test_regression_restarted_client_reads_again(app, url) -> None:
+    task_id = new_id()
+    app.backend.mark_as_done(task_id, "persisted")
+    for _ in range(2):  # two fresh processes, one after the other
+        out = subprocess.run([sys.executable, "-c", READER, url, task_id], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+        assert out.strip() == "SUCCESS persisted"
+
+
+def test_regression_celery_result_command_twice(app, url) -> None:
+    task_id = new_id()
+    app.backend.mark_as_done(task_id, {"v": 1})
+    env = {"CAR_TEST_URL": url, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tests.tasks_app", "result", task_id],
+            capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        assert "'v': 1" in proc.stdout
+
+
+def test_regression_forget_really_deletes(app, url, vhost) -> None:
+    task_id = new_id()
+    app.backend.mark_as_done(task_id, 1)
+    other = make_app(url)
+    try:
+        assert other.AsyncResult(task_id).state == states.SUCCESS
+        app.AsyncResult(task_id).forget()
+        with RawBroker(vhost) as raw:
+            assert not raw.exists(qname(task_id))
+        fresh = make_app(url)
+        assert fresh.AsyncResult(task_id).state == states.PENDING
+        fresh.backend.close()
+        # Storing again after a forget works (the queue is declared anew).
+        other.backend.mark_as_done(task_id, 2)
+        assert app.backend.get_task_meta(task_id, cache=False)["result"] == 2
+    finally:
+        other.backend.close()
+
+
+def test_regression_exists(app) -> None:
+    task_id = new_id()
+    result = app.AsyncResult(task_id)
+    assert result.exists() is False
+    app.backend.store_result(task_id, None, states.STARTED)
+    assert result.exists() is True
+    result.forget()
+    assert app.AsyncResult(task_id).exists() is False
+
+
+def test_metadata_fields(backend) -> None:
+    task_id = new_id()
+    backend.store_result(task_id, None, states.STARTED)
+    assert backend.get_task_meta(task_id).get("date_done") is None
+    backend.mark_as_done(task_id, 1)
+    meta = backend.get_task_meta(task_id)
+    assert meta["date_done"] and meta["task_id"] == task_id
+    assert meta["children"] is None and meta["traceback"] is None
+
+
+def test_failure_is_stored_with_exception_and_traceback(app, backend) -> None:
+    task_id = new_id()
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        backend.mark_as_failure(task_id, exc, traceback="Traceback: here")
+    result = app.AsyncResult(task_id)
+    assert result.state == states.FAILURE
+    assert isinstance(result.result, KeyError)
+    assert result.traceback == "Traceback: here"
+    with pytest.raises(KeyError):
+        result.get(timeout=5)
+
+
+def test_result_expires(url, vhost) -> None:
+    app = make_app(url, result_expires=1)
+    try:
+        task_id = new_id()
+        app.backend.mark_as_done(task_id, "short-lived")
+        queue = broker.queue(vhost, qname(task_id))
+        assert queue["arguments"]["x-expires"] == 1000
+        assert app.backend.get_task_meta(task_id, cache=False)["status"] == states.SUCCESS
+        time.sleep(1.3)
+        assert app.backend.get_task_meta(task_id, cache=False)["status"] == states.PENDING
+        deadline = time.monotonic() + 10
+        with RawBroker(vhost) as raw:
+            while raw.exists(qname(task_id)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not raw.exists(qname(task_id)), "queue outlived its result by > 10 s"
+    finally:
+        app.backend.close()
+
+
+def test_result_expires_none_keeps_results(url, vhost) -> None:
+    app = make_app(url, result_expires=None)
+    try:
+        task_id = new_id()
+        app.backend.mark_as_done(task_id, "forever")
+        queue = broker.queue(vhost, qname(task_id))
+        assert "x-expires" not in queue["arguments"]
+        with RawBroker(vhost) as raw:
+            assert "expiration" not in raw.peek(qname(task_id)).properties
+    finally:
+        app.backend.close()
+
+
+def test_url_pointing_at_another_vhost_is_used(vhost) -> None:
+    other_vhost = broker.new_vhost()
+    try:
+        app = make_app(broker.url_for(vhost))
+        app.conf.result_backend = broker.url_for(other_vhost)
+        task_id = new_id()
+        app.backend.mark_as_done(task_id, "elsewhere")
+        names = [q["name"] for q in broker.queues(other_vhost)]
+        assert qname(task_id) in names
+        assert qname(task_id) not in [q["name"] for q in broker.queues(vhost)]
+        assert app.AsyncResult(task_id).get(timeout=5) == "elsewhere"
+        app.backend.close()
+    finally:
+        broker.delete_vhost(other_vhost)
+
+
+def test_bare_url_uses_the_task_brokers_vhost(url, vhost) -> None:
+    app = make_app(url)
+    app.conf.result_backend = "amqp://"
+    try:
+        task_id = new_id()
+        app.backend.mark_as_done(task_id, "same-vhost")
+        assert qname(task_id) in [q["name"] for q in broker.queues(vhost)]
+    finally:
+        app.backend.close()
+
+
+def test_regression_processes_with_different_result_persistent(url, vhost) -> None:
+    durable, transient = make_app(url), make_app(url, result_persistent=False)
+    try:
+        task_id = new_id()
+        durable.backend.store_result(task_id, None, states.STARTED)
+        transient.backend.mark_as_done(task_id, "from-transient")
+        assert durable.AsyncResult(task_id).get(timeout=5) == "from-transient"
+        with RawBroker(vhost) as raw:
+            assert raw.peek(qname(task_id)).properties["delivery_mode"] == 1
+    finally:
+        durable.backend.close()
+        transient.backend.close()
+
+
+def test_regression_processes_with_different_result_expires(url, caplog) -> None:
+    day, minute = make_app(url), make_app(url, result_expires=60)
+    try:
+        task_id = new_id()
+        day.backend.store_result(task_id, None, states.STARTED)
+        with caplog.at_level(logging.ERROR, logger="celery_amqp_results.store"):
+            minute.backend.mark_as_done(task_id, "not lost")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("result_expires" in m and qname(task_id) in m for m in errors), errors
+        assert day.AsyncResult(task_id).get(timeout=5) == "not lost"
+        assert minute.AsyncResult(task_id).get(timeout=5) == "not lost"
+    finally:
+        day.backend.close()
+        minute.backend.close()
+
+
+def test_no_queue_left_behind_after_forget(app, vhost) -> None:
+    ids = [new_id() for _ in range(20)]
+    for task_id in ids:
+        app.backend.mark_as_done(task_id, task_id)
+    for task_id in ids:
+        assert app.AsyncResult(task_id).get(timeout=5) == task_id
+        app.AsyncResult(task_id).forget()
+    names = {q["name"] for q in broker.queues(vhost)}
+    assert not names & {qname(t) for t in ids}

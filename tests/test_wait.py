@@ -1,0 +1,266 @@
+"""Waiting: pushed wake-ups, one deadline, every state in order, nothing left behind."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, List
+
+import pytest
+from celery import states
+from celery.exceptions import TimeoutError
+from celery.result import GroupResult, ResultSet
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+from tests import broker
+from tests.conftest import make_app
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def later(delay: float, fn: Callable[[], Any]) -> threading.Thread:
+    """Run ``fn`` in a thread after ``delay`` seconds (the 'worker' side of a test)."""
+    def run() -> None:
+        time.sleep(delay)
+        fn()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def writer(url):
+    """A second app, as a worker would be: stores states on its own connections."""
+    app = make_app(url)
+    yield app.backend
+    app.backend.close()
+
+
+def waiter_consumers(vhost: str) -> List[Dict[str, Any]]:
+    return [c for c in broker.consumers(vhost)
+            if c["queue_name"].startswith("celery-results.waiter.")]
+
+
+def waiter_bindings(vhost: str) -> List[Dict[str, Any]]:
+    return [b for b in broker.bindings(vhost)
+            if b["destination_name"].startswith("celery-results.waiter.")
+            and b["source_name"]]
+
+
+def test_waiter_is_woken_by_the_broker(app, writer) -> None:
+    task_id = new_id()
+    later(0.5, lambda: writer.mark_as_done(task_id, "pushed"))
+    started = time.monotonic()
+    assert app.AsyncResult(task_id).get(timeout=10, interval=30) == "pushed"
+    # interval=30 would be the sleep of a polling loop; a push arrives at once.
+    assert time.monotonic() - started < 5
+
+
+def test_regression_get_timeout_is_a_deadline_while_states_keep_arriving(app, writer) -> None:
+    task_id = new_id()
+    stop = threading.Event()
+
+    def chatter() -> None:
+        step = 0
+        while not stop.is_set():
+            writer.store_result(task_id, {"step": step}, "PROGRESS")
+            step += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=chatter, daemon=True)
+    thread.start()
+    seen: List[Dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            app.AsyncResult(task_id).get(timeout=2, on_message=seen.append)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+    assert 2 <= elapsed < 3, elapsed
+    assert len(seen) > 20, "progress states were not seen while waiting"
+
+
+def test_timeout_zero_checks_once(app, writer) -> None:
+    pending_id, done_id = new_id(), new_id()
+    writer.mark_as_done(done_id, "ready")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        app.AsyncResult(pending_id).get(timeout=0)
+    assert time.monotonic() - started < 1
+    assert app.AsyncResult(done_id).get(timeout=0) == "ready"
+
+
+def test_regression_on_message_sees_every_state_in_order(app, writer) -> None:
+    task_id = new_id()
+
+    def work() -> None:
+        for step in range(50):
+            writer.store_result(task_id, {"step": step}, "PROGRESS")
+        writer.mark_as_done(task_id, "finished")
+
+    later(0.5, work)
+    seen: List[Dict[str, Any]] = []
+    assert app.AsyncResult(task_id).get(timeout=20, on_message=seen.append) == "finished"
+    assert [m["result"]["step"] for m in seen[:-1]] == list(range(50))
+    assert seen[-1]["status"] == states.SUCCESS
+
+
+def test_on_message_sees_the_final_state_of_a_finished_task(app, writer) -> None:
+    task_id = new_id()
+    writer.mark_as_done(task_id, 5)
+    seen: List[Dict[str, Any]] = []
+    assert app.AsyncResult(task_id).get(timeout=5, on_message=seen.append) == 5
+    assert [m["status"] for m in seen] == [states.SUCCESS]
+
+
+def test_regression_timed_out_get_then_get_still_receives(app, writer, vhost) -> None:
+    """Celery 4.4 left a consumer behind after a timeout, which swallowed the result."""
+    task_id = new_id()
+    with pytest.raises(TimeoutError):
+        app.AsyncResult(task_id).get(timeout=0.3)
+    assert waiter_consumers(vhost) == [] and waiter_bindings(vhost) == []
+    writer.mark_as_done(task_id, "not swallowed")
+    assert app.AsyncResult(task_id).get(timeout=5) == "not swallowed"
+    # ...and by any other client too.
+    other = make_app(app.conf.broker_url)
+    assert other.AsyncResult(task_id).get(timeout=5) == "not swallowed"
+    other.backend.close()
+
+
+@pytest.mark.parametrize("outcome", ["success", "timeout", "exception"])
+def test_every_exit_path_cancels_the_consumer(app, writer, vhost, outcome) -> None:
+    task_id = new_id()
+    observed: List[int] = []
+
+    def on_message(meta: Dict[str, Any]) -> None:
+        observed.append(len(waiter_consumers(vhost)))
+        if outcome == "exception":
+            raise RuntimeError("callback failed")
+
+    later(0.3, lambda: writer.store_result(task_id, {"n": 1}, "PROGRESS"))
+    if outcome == "success":
+        later(0.6, lambda: writer.mark_as_done(task_id, 1))
+        app.AsyncResult(task_id).get(timeout=10, on_message=on_message)
+    elif outcome == "timeout":
+        with pytest.raises(TimeoutError):
+            app.AsyncResult(task_id).get(timeout=1.0, on_message=on_message)
+    else:
+        with pytest.raises(RuntimeError, match="callback failed"):
+            app.AsyncResult(task_id).get(timeout=10, on_message=on_message)
+    assert observed and observed[0] == 1, "no consumer was open while waiting"
+    assert waiter_consumers(vhost) == []
+    assert waiter_bindings(vhost) == []
+
+
+def test_get_many_yields_in_arrival_order(app, writer) -> None:
+    ids = [new_id() for _ in range(5)]
+    order = [ids[3], ids[0], ids[4], ids[1], ids[2]]
+
+    def work() -> None:
+        for task_id in order:
+            writer.mark_as_done(task_id, task_id)
+            time.sleep(0.05)
+
+    later(0.3, work)
+    got = [task_id for task_id, meta in app.backend.get_many(ids, timeout=10)]
+    assert got == order
+
+
+def test_join_has_one_deadline(app, writer) -> None:
+    ids = [new_id() for _ in range(3)]
+    later(0.4, lambda: writer.mark_as_done(ids[0], 0))
+    later(0.8, lambda: writer.mark_as_done(ids[1], 1))
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        ResultSet([app.AsyncResult(i) for i in ids]).join_native(timeout=1.2)
+    assert 1.2 <= time.monotonic() - started < 2.0
+
+
+def test_join_native_and_group_get(app, writer) -> None:
+    ids = [new_id() for _ in range(10)]
+    later(0.2, lambda: [writer.mark_as_done(i, n) for n, i in enumerate(reversed(ids))])
+    group = GroupResult(new_id(), [app.AsyncResult(i) for i in ids], app=app)
+    assert group.get(timeout=10) == list(reversed(range(10)))
+    assert group.ready() and group.successful()
+
+
+def test_join_propagates_failures(app, writer) -> None:
+    ids = [new_id(), new_id()]
+    writer.mark_as_done(ids[0], 1)
+    writer.mark_as_failure(ids[1], ValueError("bad member"))
+    with pytest.raises(ValueError, match="bad member"):
+        ResultSet([app.AsyncResult(i) for i in ids]).join_native(timeout=5)
+
+
+def test_consume_yields_each_state_until_ready(app, writer) -> None:
+    task_id = new_id()
+
+    def work() -> None:
+        writer.store_result(task_id, None, states.STARTED)
+        for step in range(3):
+            writer.store_result(task_id, {"step": step}, "PROGRESS")
+        writer.mark_as_done(task_id, "end")
+
+    later(0.4, work)
+    seen = [meta["status"] for meta in app.backend.consume(task_id, timeout=10)]
+    assert seen == [states.STARTED, "PROGRESS", "PROGRESS", "PROGRESS", states.SUCCESS]
+
+
+def test_wait_for_returns_meta_and_propagates(app, writer) -> None:
+    good, bad = new_id(), new_id()
+    writer.mark_as_done(good, "fine")
+    writer.mark_as_failure(bad, KeyError("nope"))
+    assert app.backend.wait_for(good, timeout=5)["result"] == "fine"
+    with pytest.raises(KeyError):
+        app.backend.wait_for(bad, timeout=5)
+    assert app.backend.wait_for(bad, timeout=5, propagate=False)["status"] == states.FAILURE
+    with pytest.raises(TimeoutError):
+        app.backend.wait_for(new_id(), timeout=0.2)
+
+
+def test_drain_events_on_a_given_consumer(url, backend) -> None:
+    exchange = Exchange("car-drain-test", "direct", durable=False, auto_delete=True)
+    queue = Queue(f"car-drain-{new_id()}", exchange, "rk", exclusive=True)
+    with Connection(url) as conn:
+        consumer = Consumer(conn.channel(), [queue], accept=["json"], no_ack=True)
+        consumer.consume()
+        with pytest.raises(TimeoutError):
+            backend.drain_events(conn, consumer, timeout=0.3)
+        Producer(conn.channel()).publish(
+            {"task_id": "t1", "status": states.SUCCESS, "result": 3},
+            exchange=exchange, routing_key="rk", declare=[exchange])
+        results = backend.drain_events(conn, consumer, timeout=5)
+        assert results["t1"]["result"] == 3
+        consumer.cancel()
+
+
+def test_threads_share_one_backend(url) -> None:
+    """result_backend_thread_safe=True: one backend object, a waiter per thread."""
+    app = make_app(url, result_backend_thread_safe=True)
+    writer = make_app(url)
+    ids = [new_id() for _ in range(8)]
+    got: Dict[str, Any] = {}
+    errors: List[BaseException] = []
+
+    def wait(task_id: str) -> None:
+        try:
+            got[task_id] = app.AsyncResult(task_id).get(timeout=20)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    for task_id in ids:
+        writer.backend.mark_as_done(task_id, task_id[::-1])
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert got == {i: i[::-1] for i in ids}
+    app.backend.close()
+    writer.backend.close()
