@@ -44,3 +44,8 @@ def progress(self, steps: int, delay: float = 0.0) -> int:
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@app.task
+def total(values: list) -> int:
+    return sum(values)

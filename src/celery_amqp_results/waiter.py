@@ -90,6 +90,8 @@ class Waiter:
         for the whole wait (``0`` checks once); past it TimeoutError is raised.
         """
         pending = set(task_ids)
+        for task_id in pending:
+            self.topology.names.task_queue(task_id)  # InvalidTaskIdError before any I/O
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
         armed = False
         try:

@@ -1,0 +1,132 @@
+"""Bad input on the store/read path: a clear error naming task and cause, nothing lost."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import amqp
+import pytest
+from celery import states
+
+from celery_amqp_results import InvalidResultError, InvalidTaskIdError
+from tests.broker import RawBroker
+from tests.conftest import make_app
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def plant(vhost: str, backend, task_id: str, body: bytes, content_type: str,
+          encoding: str = "utf-8") -> str:
+    """Put a message into a task's result queue behind the backend's back."""
+    queue_name = backend.names.task_queue(task_id)
+    with RawBroker(vhost) as raw:
+        raw.channel.queue_declare(queue_name, durable=True, auto_delete=False,
+                                  arguments=backend.topology.queue_arguments)
+        raw.channel.basic_publish(
+            amqp.Message(body, content_type=content_type, content_encoding=encoding,
+                         correlation_id=task_id, delivery_mode=2),
+            exchange="", routing_key=queue_name)
+    return queue_name
+
+
+def assert_still_there(vhost: str, queue_name: str, body: bytes) -> None:
+    with RawBroker(vhost) as raw:
+        assert raw.message_count(queue_name) == 1
+        message = raw.peek(queue_name)
+        assert bytes(message.body if isinstance(message.body, bytes)
+                     else message.body.encode()) == body
+
+
+def assert_backend_still_works(app) -> None:
+    task_id = new_id()
+    app.backend.mark_as_done(task_id, "healthy")
+    assert app.backend.get_task_meta(task_id, cache=False)["result"] == "healthy"
+    assert app.AsyncResult(task_id).get(timeout=5) == "healthy"
+
+
+@pytest.mark.parametrize("body,content_type,cause", [
+    (b"\x00\xff garbage {", "application/json", "cannot be decoded"),
+    (b"not json at all", "application/json", "cannot be decoded"),
+    (b'{"status": "SUCCESS"}', "application/json", "lacks the field(s) result"),
+    (b'{"result": 1}', "application/json", "lacks the field(s) status"),
+    (b'{"status": 5, "result": 1}', "application/json", "invalid status"),
+    (b"[1, 2, 3]", "application/json", "not a mapping"),
+    (b"\x80\x04K\x01.", "application/x-python-serialize", "result_accept_content"),
+    (b"<x/>", "application/xml-unknown", "result_accept_content"),
+])
+def test_unreadable_result_is_reported_and_kept(app, vhost, body, content_type, cause) -> None:
+    task_id = new_id()
+    queue_name = plant(vhost, app.backend, task_id, body, content_type)
+    with pytest.raises(InvalidResultError) as info:
+        app.backend.get_task_meta(task_id)
+    message = str(info.value)
+    assert task_id in message and cause in message and queue_name in message
+    assert info.value.task_id == task_id
+    with pytest.raises(InvalidResultError):
+        app.AsyncResult(task_id).get(timeout=5)
+    assert_still_there(vhost, queue_name, body)
+    assert_backend_still_works(app)
+    # A good state stored afterwards replaces the bad one.
+    app.backend.mark_as_done(task_id, "repaired")
+    assert app.backend.get_task_meta(task_id)["result"] == "repaired"
+
+
+def test_pickle_refused_unless_accepted(url, vhost) -> None:
+    rogue = make_app(url, result_serializer="pickle",
+                     result_accept_content=["pickle", "json"])
+    reader = make_app(url)  # accepts json only (Celery's default)
+    try:
+        task_id = new_id()
+        rogue.backend.mark_as_done(task_id, {"set": {1, 2}})
+        assert rogue.backend.get_task_meta(task_id)["result"] == {"set": {1, 2}}
+        with pytest.raises(InvalidResultError, match="application/x-python-serialize"):
+            reader.backend.get_task_meta(task_id)
+        with RawBroker(vhost) as raw:
+            assert raw.message_count(reader.backend.names.task_queue(task_id)) == 1
+    finally:
+        rogue.backend.close()
+        reader.backend.close()
+
+
+def test_bad_pushed_state_fails_the_wait_and_cancels(app, vhost) -> None:
+    task_id = new_id()
+
+    def push_garbage() -> None:
+        time.sleep(0.4)
+        with RawBroker(vhost) as raw:
+            raw.channel.basic_publish(
+                amqp.Message(b"{{{", content_type="application/json",
+                             correlation_id=task_id),
+                exchange=app.backend.exchange.name, routing_key=task_id)
+
+    threading.Thread(target=push_garbage, daemon=True).start()
+    with pytest.raises(InvalidResultError, match=task_id):
+        app.AsyncResult(task_id).get(timeout=10)
+    from tests.test_wait import waiter_bindings, waiter_consumers
+
+    assert waiter_consumers(vhost) == [] and waiter_bindings(vhost) == []
+    assert_backend_still_works(app)
+
+
+@pytest.mark.parametrize("bad,cause", [
+    ("", "must not be empty"),
+    ("x" * 300, "too long"),
+    (12345, "must be a string"),
+    (b"bytes-id", "must be a string"),
+])
+def test_bad_task_ids_are_refused_everywhere(app, bad, cause) -> None:
+    backend = app.backend
+    calls = [
+        lambda: backend.store_result(bad, 1, states.SUCCESS),
+        lambda: backend.get_task_meta(bad),
+        lambda: backend.forget(bad),
+        lambda: backend.wait_for(bad, timeout=1),
+        lambda: list(backend.get_many([bad], timeout=1)),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidTaskIdError, match=cause):
+            call()
+    assert_backend_still_works(app)
