@@ -142,12 +142,21 @@ class Waiter:
             conn = self._factory()
             policy = dict(self._retry_policy)
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.01)
-            conn.ensure_connection(
-                max_retries=policy.get("max_retries"),
-                interval_start=policy.get("interval_start", 0),
-                interval_step=policy.get("interval_step", 1),
-                interval_max=policy.get("interval_max", 1),
-                timeout=timeout)
+            try:
+                conn.ensure_connection(
+                    max_retries=policy.get("max_retries"),
+                    interval_start=policy.get("interval_start", 0),
+                    interval_step=policy.get("interval_step", 1),
+                    interval_max=policy.get("interval_max", 1),
+                    timeout=timeout)
+            except Exception as exc:
+                conn.collect()
+                if deadline is not None and time.monotonic() >= deadline - 0.05:
+                    # The broker stayed away for the whole wait: that is a timeout.
+                    raise TimeoutError(
+                        f"The operation timed out: no connection to the result broker "
+                        f"({exc})") from exc
+                raise
             channel = conn.channel()
             channel.queue_declare(queue=self.queue_name, durable=False, exclusive=True,
                                   auto_delete=True)
