@@ -15,7 +15,7 @@ DEFAULT_QUEUE_PREFIX = "celery-results."
 #: Seconds a reader keeps retrying when a result queue exists but is empty for
 #: an instant: another reader is holding the message between its ``basic.get``
 #: and its requeue.
-DEFAULT_PEEK_GRACE = 0.05
+DEFAULT_PEEK_GRACE = 0.5
 
 
 @dataclass(frozen=True)
