@@ -142,11 +142,14 @@ def test_regression_forget_really_deletes(app, url, vhost) -> None:
 def test_regression_exists(app) -> None:
     task_id = new_id()
     result = app.AsyncResult(task_id)
-    assert result.exists() is False
+    # AsyncResult.exists() is Celery 5.7's; the backend call under it works on 5.3 too.
+    exists = result.exists if hasattr(result, "exists") else (
+        lambda: app.backend.task_result_exists(task_id))
+    assert exists() is False
     app.backend.store_result(task_id, None, states.STARTED)
-    assert result.exists() is True
+    assert exists() is True
     result.forget()
-    assert app.AsyncResult(task_id).exists() is False
+    assert app.backend.task_result_exists(task_id) is False
 
 
 def test_metadata_fields(backend) -> None:

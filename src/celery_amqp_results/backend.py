@@ -10,6 +10,7 @@ import operator
 import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import kombu
@@ -77,6 +78,9 @@ class AMQPBackend(BaseBackend):
             self._template.clone, conf.get("broker_pool_limit") or 10)
         self._store = Store(self._pool, self.topology, self.retry_policy)
         self._local = threading.local()
+        #: Every thread's waiter in this process, so close() reaches them all.
+        self._waiters: weakref.WeakSet[Waiter] = weakref.WeakSet()
+        self._pid = os.getpid()
 
     # -- naming (seed API) -------------------------------------------------------------------
 
@@ -134,6 +138,10 @@ class AMQPBackend(BaseBackend):
 
     poll = get_task_meta
 
+    def task_result_exists(self, task_id: str) -> bool:
+        """True if a state of ``task_id`` is stored (``AsyncResult.exists()``, Celery 5.7)."""
+        return self._get_task_meta_for(task_id)["status"] != states.PENDING
+
     def _get_task_meta_for(self, task_id: str) -> Meta:
         meta = self._peek_meta(self.names.task_queue(task_id), task_id)
         if meta is None:
@@ -166,6 +174,9 @@ class AMQPBackend(BaseBackend):
             waiter = Waiter(self._template.clone, self.topology, self._decode_pushed,
                             self.settings.peek_grace, self.retry_policy)
             local.waiter, local.pid = waiter, os.getpid()
+            if self._pid != local.pid:  # first waiter in a forked child
+                self._waiters, self._pid = weakref.WeakSet(), local.pid
+            self._waiters.add(waiter)
         return waiter
 
     def consume(self, task_id: str, timeout: Optional[float] = None, no_ack: bool = True,
@@ -294,10 +305,11 @@ class AMQPBackend(BaseBackend):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close this process's connections (pool and this thread's waiter)."""
-        waiter = getattr(self._local, "waiter", None)
-        if waiter is not None and self._local.pid == os.getpid():
-            waiter.close()
+        """Close this process's connections: the pool and every thread's waiter."""
+        if self._pid == os.getpid():
+            for waiter in list(self._waiters):
+                waiter.close()
+        self._waiters = weakref.WeakSet()
         self._local = threading.local()
         self._pool.close()
 

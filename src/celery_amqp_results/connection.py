@@ -47,12 +47,17 @@ def make_connection(app: Any, url: Optional[str], connection: Optional[Connectio
     if connection is not None:
         base = connection
     elif is_bare(url):
-        base = app.connection_for_write()
-        if base.transport_cls not in AMQP_TRANSPORTS:
+        broker = conf.broker_write_url or conf.broker_url or "amqp://"
+        if not isinstance(broker, str):
+            broker = ";".join(broker)
+        scheme = broker.partition("://")[0] if "://" in broker else broker
+        if scheme not in AMQP_TRANSPORTS:
+            # Checked on the URL: building a connection would import that transport.
             raise ImproperlyConfigured(
                 f"result_backend {url or 'amqp://'!r} reuses the task broker's connection, "
-                f"but the broker is {sanitize(base.as_uri())!r}, not RabbitMQ: give the "
+                f"but the broker is {sanitize(broker)!r}, not RabbitMQ: give the "
                 f"result backend a full URL such as amqp://user:password@host:5672/vhost")
+        base = app.connection_for_write()
         options = dict(base.transport_options or {}, **options)
     else:
         assert url is not None
