@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Bootstrap (RabbitMQ + venv), then lint (ruff) and test (pytest) from the repo root.
+# Extra arguments go to pytest, e.g.  scripts/test.sh -k waiter -x
+# Both steps always run; the exit status is non-zero if either failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${VENV:-.venv}"
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
+export VENV
+# The tests call rabbitmqctl, which lives in /usr/sbin.
+case ":$PATH:" in *":/usr/sbin:"*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
+
+bash "$ROOT/scripts/bootstrap.sh"
+
+status=0
+echo "test: ruff check src tests"
+"$VENV/bin/ruff" check src tests || status=$?
+
+echo "test: pytest -q $*"
+"$VENV/bin/python" -m pytest -q "$@" || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+
+if [ "$status" -ne 0 ]; then
+    echo "test: FAILED (exit $status)" >&2
+fi
+exit "$status"
