@@ -11,17 +11,7 @@
 #   PYTHON  interpreter to create the virtualenv with (default: first python3 >= 3.9)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-
-VENV="${VENV:-.venv}"
-case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
-
-# rabbitmq-server and rabbitmqctl live in /usr/sbin, which a non-login PATH may lack.
-for dir in /usr/local/sbin /usr/sbin /sbin; do
-    case ":$PATH:" in *":$dir:"*) ;; *) PATH="$PATH:$dir" ;; esac
-done
-export PATH
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -4,13 +4,7 @@
 # Both steps always run; the exit status is non-zero if either failed.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-VENV="${VENV:-.venv}"
-case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
-export VENV
-# The tests call rabbitmqctl, which lives in /usr/sbin.
-case ":$PATH:" in *":/usr/sbin:"*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 bash "$ROOT/scripts/bootstrap.sh"
 

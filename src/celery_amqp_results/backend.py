@@ -196,8 +196,8 @@ class AMQPBackend(BaseBackend):
 
         ``timeout`` is a deadline (``0`` checks once): celery's TimeoutError past it.
         """
-        meta = self._cache.get(task_id) if cache else None
-        if not meta or meta["status"] not in READY_STATES:
+        meta: Meta = (self._cache.get(task_id) if cache else None) or {}
+        if meta.get("status") not in READY_STATES:
             for _, state in self._waiter().states([task_id], timeout, on_interval):
                 if on_message is not None:
                     on_message(state)

@@ -14,7 +14,18 @@ import socket
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Set, Tuple
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    Optional,
+    Set,
+    Tuple,
+    Type,
+)
 
 from celery import states
 from celery.exceptions import TimeoutError
@@ -75,7 +86,7 @@ class Waiter:
         self._consumer_tag: Optional[str] = None
         #: (task id, raw message, found by a peek rather than pushed)
         self._inbox: Deque[Tuple[str, Any, bool]] = deque()
-        self._errors: Optional[Tuple[type, ...]] = None
+        self._errors: Optional[Tuple[Type[BaseException], ...]] = None
         self._bound: Set[str] = set()
 
     # -- waiting ---------------------------------------------------------------------------
@@ -101,12 +112,12 @@ class Waiter:
                         self._arm(pending, deadline)
                         armed = True
                     while self._inbox and pending:
-                        task_id, meta = self._take(pending)
-                        if task_id is None:
+                        arrived, meta = self._take(pending)
+                        if arrived is None:
                             continue
                         if meta["status"] in states.READY_STATES:
-                            pending.discard(task_id)
-                        yield task_id, meta
+                            pending.discard(arrived)
+                        yield arrived, meta
                     if pending:
                         drain(self._conn, deadline, lambda: bool(self._inbox),
                               on_interval)
@@ -131,7 +142,7 @@ class Waiter:
 
     # -- broker side -------------------------------------------------------------------------
 
-    def _connection_errors(self) -> Tuple[type, ...]:
+    def _connection_errors(self) -> Tuple[Type[BaseException], ...]:
         if self._errors is None:
             conn = self._factory()
             self._errors = (*tuple(conn.recoverable_connection_errors), ConnectionError)
