@@ -32,7 +32,12 @@ Meta = Dict[str, Any]
 
 
 class AMQPBackend(BaseBackend):
-    """Celery result backend keeping each task's newest state in its own RabbitMQ queue."""
+    """Celery result backend keeping each task's newest state in its own RabbitMQ queue.
+
+    ``auto_delete`` is accepted for compatibility and kept, but result queues are
+    never auto-delete: a result must outlive whoever reads it.  ``no_ack`` is
+    accepted wherever the seeds show it and changes nothing: reads never consume.
+    """
 
     #: Exception raised by bounded fast-forward reads (see errors.BacklogLimitExceeded).
     BacklogLimitExceeded = BacklogLimitExceeded

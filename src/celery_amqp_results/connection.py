@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from typing import Any, Callable, Dict, Optional
 
 from celery.exceptions import ImproperlyConfigured
@@ -109,17 +108,3 @@ class ConnectionPool:
         pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.force_close_all()
-
-
-def register_after_fork(obj: Any, method: str) -> None:
-    """Call ``obj.<method>()`` in a forked child, without keeping ``obj`` alive."""
-    if not hasattr(os, "register_at_fork"):  # pragma: no cover - not on POSIX
-        return
-    ref = weakref.ref(obj)
-
-    def after_in_child() -> None:
-        target = ref()
-        if target is not None:
-            getattr(target, method)()
-
-    os.register_at_fork(after_in_child=after_in_child)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any, Callable, Dict, Optional, TypeVar
 
 import amqp
@@ -49,7 +48,6 @@ class Store:
         self.topology = topology
         self.retry_policy = retry_policy
         self._declared = LRUCache(limit=DECLARED_CACHE_SIZE)
-        self._lock = threading.Lock()
 
     def run(self, operation: Callable[[Any], T]) -> T:
         """Run ``operation(channel)`` on a pooled connection, retrying by the retry policy."""
