@@ -49,3 +49,10 @@ def sleep(seconds: float) -> float:
 @app.task
 def total(values: list) -> int:
     return sum(values)
+
+
+@app.task
+def spawn(count: int) -> int:
+    for i in range(count):
+        add.delay(i, i)
+    return count

@@ -274,3 +274,23 @@ def test_no_queue_left_behind_after_forget(app, vhost) -> None:
         app.AsyncResult(task_id).forget()
     names = {q["name"] for q in broker.queues(vhost)}
     assert not names & {qname(t) for t in ids}
+
+
+def test_store_redeclares_a_queue_deleted_behind_its_back(app, vhost) -> None:
+    """The writer remembers it declared the queue; the broker returns the state as
+    unroutable (mandatory publish), and the writer declares and publishes again."""
+    task_id = new_id()
+    app.backend.store_result(task_id, {"step": 1}, "PROGRESS")
+    with RawBroker(vhost) as raw:
+        raw.channel.queue_delete(qname(task_id))
+        assert not raw.exists(qname(task_id))
+    app.backend.mark_as_done(task_id, "not dropped")
+    assert app.backend.get_task_meta(task_id, cache=False)["result"] == "not dropped"
+    with RawBroker(vhost) as raw:
+        assert raw.message_count(qname(task_id)) == 1
+
+
+def test_connection_errors_are_safe_to_retry(backend) -> None:
+    """result_backend_always_retry goes through Celery's wrapper, which asks this."""
+    assert backend.exception_safe_to_retry(ConnectionRefusedError(111, "refused"))
+    assert not backend.exception_safe_to_retry(ValueError("bad value"))

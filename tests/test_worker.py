@@ -104,3 +104,11 @@ def test_results_read_from_two_other_processes(tasks, url) -> None:
         out = subprocess.run([sys.executable, "-c", READ_TWICE, result.id], env=env,
                              cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
         assert out.stdout.split("\n")[:2] == ["SUCCESS 42", "SUCCESS 42"]
+
+
+def test_children_are_recorded(tasks) -> None:
+    result = tasks.spawn.delay(3)
+    assert result.get(timeout=30) == 3
+    children = tasks.app.AsyncResult(result.id).children
+    assert len(children) == 3
+    assert sorted(child.get(timeout=30) for child in children) == [0, 2, 4]
