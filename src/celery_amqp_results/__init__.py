@@ -9,6 +9,7 @@ from .errors import (
     InvalidResultError,
     InvalidTaskIdError,
     QueueArgumentsMismatch,
+    ResultBrokerError,
     ResultStoreError,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "InvalidResultError",
     "InvalidTaskIdError",
     "QueueArgumentsMismatch",
+    "ResultBrokerError",
     "ResultStoreError",
     "__version__",
 ]

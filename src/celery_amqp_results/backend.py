@@ -20,7 +20,7 @@ from celery.result import GroupResult, result_from_tuple
 
 from . import connection as conn_mod
 from .codec import decode_state, encode_state
-from .errors import BacklogLimitExceeded
+from .errors import BacklogLimitExceeded, ResultBrokerError
 from .naming import Names
 from .read import peek
 from .settings import Settings
@@ -127,6 +127,8 @@ class AMQPBackend(BaseBackend):
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Connection-level failures may be retried (``result_backend_always_retry``)."""
+        if isinstance(exc, ResultBrokerError):
+            return exc.retryable
         return isinstance(exc, tuple(self._template.recoverable_connection_errors))
 
     def _forget(self, task_id: str) -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
+from amqp.exceptions import AccessRefused, NotAllowed
 from celery.exceptions import ImproperlyConfigured
 from kombu import Connection
+from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
+
+from .errors import ResultBrokerError
 
 #: Transports that speak AMQP 0-9-1 through py-amqp.
 AMQP_TRANSPORTS = {"amqp", "amqps", "pyamqp"}
@@ -33,8 +37,24 @@ def sanitize(url: str) -> str:
 
 
 def describe(connection: Connection) -> str:
-    """Host and vhost of ``connection`` for error messages; never the password."""
-    return f"{connection.hostname}:{connection.port or 5672} vhost {connection.virtual_host!r}"
+    """Host, port, vhost and user of ``connection`` for messages; never the password."""
+    return (f"{connection.hostname}:{connection.port or 5672} vhost "
+            f"{connection.virtual_host!r} as user {connection.userid!r}")
+
+
+def failures(connection: Connection) -> Tuple[Type[BaseException], ...]:
+    """What a failed connect raises: py-amqp's connection errors, kombu's re-raise of
+    them, and the login refusal (which py-amqp files under channel errors)."""
+    return (*connection.connection_errors, OperationalError, AccessRefused, NotAllowed)
+
+
+def broker_error(connection: Connection, exc: BaseException) -> ResultBrokerError:
+    """A ResultBrokerError saying which broker failed and why (``raise ... from exc``)."""
+    refused = isinstance(exc, (AccessRefused, NotAllowed)) or isinstance(
+        exc.__cause__, (AccessRefused, NotAllowed))
+    return ResultBrokerError(
+        f"cannot use the result broker at {describe(connection)}: {exc}",
+        retryable=not refused)
 
 
 def make_connection(app: Any, url: Optional[str], connection: Optional[Connection],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from celery.exceptions import BackendGetMetaError, BackendStoreError
+from celery.exceptions import BackendError, BackendGetMetaError, BackendStoreError
 
 
 class BacklogLimitExceeded(Exception):
@@ -50,3 +50,15 @@ class ResultStoreError(BackendStoreError):
 
 class QueueArgumentsMismatch(Exception):
     """A result queue exists with arguments that differ from this process's settings."""
+
+
+class ResultBrokerError(BackendError):
+    """The result broker cannot be reached or refused the login; names host and vhost.
+
+    ``retryable`` is False for a refused login or an unknown vhost (retrying will
+    not help) and True for a broker that is down or unreachable.
+    """
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable

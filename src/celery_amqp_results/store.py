@@ -10,7 +10,7 @@ from kombu.common import maybe_declare
 from kombu.utils.functional import LRUCache
 
 from .channel import returns_of
-from .connection import ConnectionPool
+from .connection import ConnectionPool, broker_error, failures
 from .errors import ResultStoreError
 from .topology import Topology
 
@@ -54,7 +54,10 @@ class Store:
         with self.pool.acquire() as conn:
             def attempt() -> T:
                 return operation(conn.default_channel)
-            return conn.ensure(_NoRevive(), attempt, **self.retry_policy)()
+            try:
+                return conn.ensure(_NoRevive(), attempt, **self.retry_policy)()
+            except failures(conn) as exc:
+                raise broker_error(conn, exc) from exc
 
     def put(self, task_id: str, state: str, queue_name: str, routing_key: Optional[str],
             body: bytes, content_type: str, content_encoding: str) -> None:

@@ -31,6 +31,7 @@ from celery import states
 from celery.exceptions import TimeoutError
 from kombu import Connection
 
+from .connection import broker_error
 from .read import peek
 from .topology import Topology
 
@@ -162,12 +163,12 @@ class Waiter:
                     timeout=timeout)
             except Exception as exc:
                 conn.collect()
-                if deadline is not None and time.monotonic() >= deadline - 0.05:
+                error = broker_error(conn, exc)
+                if deadline is not None and error.retryable and \
+                        time.monotonic() >= deadline - 0.05:
                     # The broker stayed away for the whole wait: that is a timeout.
-                    raise TimeoutError(
-                        f"The operation timed out: no connection to the result broker "
-                        f"({exc})") from exc
-                raise
+                    raise TimeoutError(f"The operation timed out: {error}") from exc
+                raise error from exc
             channel = conn.channel()
             channel.queue_declare(queue=self.queue_name, durable=False, exclusive=True,
                                   auto_delete=True)
