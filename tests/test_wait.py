@@ -264,3 +264,31 @@ def test_threads_share_one_backend(url) -> None:
     assert got == {i: i[::-1] for i in ids}
     app.backend.close()
     writer.backend.close()
+
+
+def test_nested_wait_inside_a_join_keeps_the_outer_wait(app, writer) -> None:
+    """Celery's join_native calls child.get() while iterating iter_native (groups of
+    groups); user code may do the same inside get_many.  The inner wait must not
+    take the outer wait's bindings away."""
+    outer = [new_id() for _ in range(3)]
+    inner = new_id()
+    writer.mark_as_done(outer[0], "first")
+    later(0.5, lambda: writer.mark_as_done(inner, "inner"))
+    later(1.0, lambda: [writer.mark_as_done(i, i) for i in outer[1:]])
+    got = []
+    started = time.monotonic()
+    for task_id, meta in app.backend.get_many(outer, timeout=10):
+        got.append(task_id)
+        if len(got) == 1:
+            assert app.AsyncResult(inner).get(timeout=5) == "inner"
+    assert sorted(got) == sorted(outer)
+    assert time.monotonic() - started < 5
+
+
+def test_group_of_groups_joins(app, writer) -> None:
+    a, b = [new_id(), new_id()], [new_id(), new_id()]
+    inner_a = GroupResult(new_id(), [app.AsyncResult(i) for i in a], app=app)
+    inner_b = GroupResult(new_id(), [app.AsyncResult(i) for i in b], app=app)
+    outer = GroupResult(new_id(), [inner_a, inner_b], app=app)
+    later(0.3, lambda: [writer.mark_as_done(i, n) for n, i in enumerate(a + b)])
+    assert outer.join_native(timeout=10) == [[0, 1], [2, 3]]

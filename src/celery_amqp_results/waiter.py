@@ -21,6 +21,7 @@ from typing import (
     Dict,
     Iterable,
     Iterator,
+    List,
     Optional,
     Set,
     Tuple,
@@ -70,8 +71,28 @@ def drain(connection: Any, deadline: Optional[float], done: Callable[[], bool],
             on_interval()
 
 
+class _Session:
+    """One call's view of the waiter: the ids it still waits for and what arrived for them."""
+
+    def __init__(self, task_ids: Set[str], deadline: Optional[float]) -> None:
+        self.pending = task_ids
+        self.deadline = deadline
+        #: (task id, raw message, found by a peek rather than pushed)
+        self.inbox: Deque[Tuple[str, Any, bool]] = deque()
+        #: The connection generation this session's ids were bound and peeked on,
+        #: and the ids it counted in ``Waiter._bound`` then.
+        self.generation = -1
+        self.bound: Set[str] = set()
+
+
 class Waiter:
-    """One thread's push channel for results (see the module docstring)."""
+    """One thread's push channel for results (see the module docstring).
+
+    Waits nest: Celery's ``join_native`` calls ``child.get()`` while it iterates
+    ``iter_native``, so each call runs as a session of its own.  Bindings are
+    counted per task id, a pushed state goes to every session waiting for it,
+    and the consumer is cancelled and the queue purged when the last session ends.
+    """
 
     def __init__(self, connection_factory: Callable[[], Connection], topology: Topology,
                  decode: Decoder, peek_grace: float, retry_policy: Dict[str, Any]) -> None:
@@ -85,10 +106,12 @@ class Waiter:
         self._channel: Any = None
         self._peek_channel: Any = None
         self._consumer_tag: Optional[str] = None
-        #: (task id, raw message, found by a peek rather than pushed)
-        self._inbox: Deque[Tuple[str, Any, bool]] = deque()
         self._errors: Optional[Tuple[Type[BaseException], ...]] = None
-        self._bound: Set[str] = set()
+        self._sessions: List[_Session] = []
+        #: How many sessions wait for each bound task id.
+        self._bound: Dict[str, int] = {}
+        #: Bumped on every reconnect: sessions armed before must arm again.
+        self._generation = 0
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -105,34 +128,34 @@ class Waiter:
         for task_id in pending:
             self.topology.names.task_queue(task_id)  # InvalidTaskIdError before any I/O
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
-        armed = False
+        session = _Session(pending, deadline)
+        self._sessions.append(session)
         try:
-            while pending:
+            while session.pending:
                 try:
-                    if not armed:
-                        self._arm(pending, deadline)
-                        armed = True
-                    while self._inbox and pending:
-                        arrived, meta = self._take(pending)
+                    if session.generation != self._generation:
+                        self._arm(session)
+                    while session.inbox and session.pending:
+                        arrived, meta = self._take(session)
                         if arrived is None:
                             continue
                         if meta["status"] in states.READY_STATES:
-                            pending.discard(arrived)
+                            session.pending.discard(arrived)
                         yield arrived, meta
-                    if pending:
-                        drain(self._conn, deadline, lambda: bool(self._inbox),
+                    if session.pending:
+                        drain(self._conn, deadline, lambda: bool(session.inbox),
                               on_interval)
                 except self._connection_errors() as exc:
                     logger.warning("result waiter lost its connection (%s); reconnecting",
                                    exc)
                     self._reset()
-                    armed = False
         finally:
-            self._disarm()
+            self._sessions.remove(session)
+            self._disarm(session)
 
-    def _take(self, pending: Set[str]) -> Tuple[Optional[str], Meta]:
-        task_id, raw, peeked = self._inbox.popleft()
-        if task_id not in pending:
+    def _take(self, session: _Session) -> Tuple[Optional[str], Meta]:
+        task_id, raw, peeked = session.inbox.popleft()
+        if task_id not in session.pending:
             return None, {}
         meta = self._decode(task_id, raw)
         if peeked and meta["status"] not in states.READY_STATES:
@@ -177,62 +200,67 @@ class Waiter:
             self._peek_channel = conn.channel()
         return self._conn
 
-    def _arm(self, task_ids: Set[str], deadline: Optional[float]) -> None:
+    def _arm(self, session: _Session) -> None:
         """Bind, consume, then peek: in that order no state can slip between."""
-        self._connect(deadline)
+        self._connect(session.deadline)
         channel = self._channel
         exchange = self.topology.exchange.name
-        new = sorted(task_ids - self._bound)
+        new = sorted(task_id for task_id in session.pending if task_id not in self._bound)
         for index, task_id in enumerate(new):
             # Pipelined: only the last bind waits; the channel runs them in order.
             channel.queue_bind(queue=self.queue_name, exchange=exchange,
                                routing_key=task_id, nowait=index < len(new) - 1)
-            self._bound.add(task_id)
+        for task_id in session.pending:
+            self._bound[task_id] = self._bound.get(task_id, 0) + 1
+        session.bound, session.generation = set(session.pending), self._generation
         if self._consumer_tag is None:
             self._consumer_tag = channel.basic_consume(
                 queue=self.queue_name, no_ack=True, callback=self._on_message)
         names = self.topology.names
-        for task_id in sorted(task_ids):
+        for task_id in sorted(session.pending):
             message = peek(self._peek_channel, names.task_queue(task_id), self._grace)
             if message is not None:
-                self._inbox.append((task_id, message, True))
+                session.inbox.append((task_id, message, True))
 
     def _on_message(self, message: Any) -> None:
         task_id = message.properties.get("correlation_id") or \
             message.delivery_info.get("routing_key")
-        self._inbox.append((task_id, message, False))
+        for session in self._sessions:
+            if task_id in session.pending:
+                session.inbox.append((task_id, message, False))
 
-    def _disarm(self) -> None:
-        """Cancel the consumer, drop the bindings and whatever they let in."""
-        self._inbox.clear()
-        if self._conn is None:
-            self._bound.clear()
-            self._consumer_tag = None
-            return
+    def _disarm(self, session: _Session) -> None:
+        """Drop this session's bindings; with no session left, the consumer and backlog."""
+        if self._conn is None or session.generation != self._generation:
+            return  # its bindings went with a lost connection
         channel = self._channel
+        exchange = self.topology.exchange.name
         try:
-            if self._consumer_tag is not None:
-                channel.basic_cancel(self._consumer_tag)
-                self._consumer_tag = None
-            exchange = self.topology.exchange.name
-            for task_id in sorted(self._bound):
+            for task_id in sorted(session.bound):
+                count = self._bound.get(task_id, 0) - 1
+                if count > 0:
+                    self._bound[task_id] = count
+                    continue
+                self._bound.pop(task_id, None)
                 channel.queue_unbind(queue=self.queue_name, exchange=exchange,
                                      routing_key=task_id, nowait=True)
-            self._bound.clear()
-            # Runs after the unbinds (one channel, in order): nothing can come in after.
-            channel.queue_purge(queue=self.queue_name)
+            if not self._sessions:
+                if self._consumer_tag is not None:
+                    channel.basic_cancel(self._consumer_tag)
+                    self._consumer_tag = None
+                # Runs after the unbinds (one channel, in order): nothing stale stays.
+                channel.queue_purge(queue=self.queue_name)
         except Exception as exc:
             # A broken connection takes its exclusive queue and bindings with it.
             logger.debug("result waiter could not clean up (%r); dropping connection", exc)
             self._reset()
-        finally:
-            self._inbox.clear()
 
     def _reset(self) -> None:
         conn, self._conn = self._conn, None
         self._channel = self._peek_channel = None
         self._consumer_tag = None
         self._bound.clear()
+        self._generation += 1
         if conn is not None:
             try:
                 conn.collect()
@@ -252,4 +280,5 @@ class Waiter:
     def forget_after_fork(self) -> None:
         """Drop the parent's connection without a word on its socket."""
         self._conn = None
+        self._sessions.clear()
         self._reset()
