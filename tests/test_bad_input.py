@@ -130,3 +130,13 @@ def test_bad_task_ids_are_refused_everywhere(app, bad, cause) -> None:
         with pytest.raises(InvalidTaskIdError, match=cause):
             call()
     assert_backend_still_works(app)
+
+
+def test_unserializable_result_names_the_task(app) -> None:
+    from kombu.exceptions import EncodeError
+
+    task_id = new_id()
+    with pytest.raises(EncodeError, match=f"SUCCESS state of task '{task_id}'.*'json'"):
+        app.backend.mark_as_done(task_id, object())
+    assert app.backend.get_state(task_id) == states.PENDING  # nothing half-stored
+    assert_backend_still_works(app)

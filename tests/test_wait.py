@@ -277,7 +277,7 @@ def test_nested_wait_inside_a_join_keeps_the_outer_wait(app, writer) -> None:
     later(1.0, lambda: [writer.mark_as_done(i, i) for i in outer[1:]])
     got = []
     started = time.monotonic()
-    for task_id, meta in app.backend.get_many(outer, timeout=10):
+    for task_id, _meta in app.backend.get_many(outer, timeout=10):
         got.append(task_id)
         if len(got) == 1:
             assert app.AsyncResult(inner).get(timeout=5) == "inner"

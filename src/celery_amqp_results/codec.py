@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Dict, Optional, Tuple
 
-from kombu.exceptions import ContentDisallowed
+from kombu.exceptions import ContentDisallowed, EncodeError
 from kombu.serialization import dumps, loads
 
 from .errors import InvalidResultError
@@ -13,8 +13,16 @@ REQUIRED_FIELDS = ("status", "result")
 
 
 def encode_state(meta: Dict[str, Any], serializer: str) -> Tuple[bytes, str, str]:
-    """Serialize ``meta`` once, so the same bytes can be published to several places."""
-    content_type, content_encoding, body = dumps(meta, serializer=serializer)
+    """Serialize ``meta`` once, so the same bytes can be published to several places.
+
+    Raises kombu's EncodeError (what Celery's tracer expects) naming task and state.
+    """
+    try:
+        content_type, content_encoding, body = dumps(meta, serializer=serializer)
+    except Exception as exc:
+        raise EncodeError(
+            f"the {meta.get('status')} state of task {meta.get('task_id')!r} cannot be "
+            f"serialized with result_serializer {serializer!r}: {exc}") from exc
     if isinstance(body, str):
         body = body.encode(content_encoding or "utf-8")
     return body, content_type, content_encoding
