@@ -294,3 +294,20 @@ def test_connection_errors_are_safe_to_retry(backend) -> None:
     """result_backend_always_retry goes through Celery's wrapper, which asks this."""
     assert backend.exception_safe_to_retry(ConnectionRefusedError(111, "refused"))
     assert not backend.exception_safe_to_retry(ValueError("bad value"))
+
+
+def test_failover_url_list_reaches_the_live_host(vhost) -> None:
+    """kombu's ``;``-separated failover form: the first host is dead, the second serves."""
+    live = broker.url_for(vhost)
+    dead = f"amqp://guest:guest@{broker.HOST}:1/{vhost}"
+    app = make_app(live)
+    app.conf.result_backend = f"{dead};{live}"
+    app.conf.amqp_results_peek_grace = 0.1
+    try:
+        assert "guest:guest" not in app.backend.as_uri()
+        task_id = new_id()
+        app.backend.mark_as_done(task_id, "via failover")
+        assert app.AsyncResult(task_id).get(timeout=10) == "via failover"
+        assert app.backend.get_task_meta(task_id, cache=False)["result"] == "via failover"
+    finally:
+        app.backend.close()
