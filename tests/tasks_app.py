@@ -56,3 +56,12 @@ def spawn(count: int) -> int:
     for i in range(count):
         add.delay(i, i)
     return count
+
+
+# A small ceiling so the oversized-result test needs no 128 MiB payload.
+app.conf.amqp_results_max_result_size = 1_000_000
+
+
+@app.task
+def big(size: int) -> str:
+    return "x" * size

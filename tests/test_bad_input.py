@@ -140,3 +140,25 @@ def test_unserializable_result_names_the_task(app) -> None:
         app.backend.mark_as_done(task_id, object())
     assert app.backend.get_state(task_id) == states.PENDING  # nothing half-stored
     assert_backend_still_works(app)
+
+
+def test_oversized_result_is_refused_before_publishing(url, vhost) -> None:
+    from celery.exceptions import BackendStoreError
+    from kombu.exceptions import EncodeError
+
+    from celery_amqp_results import ResultTooLargeError
+
+    app = make_app(url, amqp_results_max_result_size=1000)
+    try:
+        task_id = new_id()
+        with pytest.raises(ResultTooLargeError) as info:
+            app.backend.mark_as_done(task_id, "y" * 5000)
+        assert isinstance(info.value, EncodeError)  # what Celery's tracer catches
+        assert isinstance(info.value, BackendStoreError)
+        assert task_id in str(info.value) and "1000 bytes" in str(info.value)
+        with RawBroker(vhost) as raw:
+            assert not raw.exists(app.backend.names.task_queue(task_id))
+        app.backend.mark_as_done(task_id, "y" * 100)
+        assert app.backend.get_task_meta(task_id)["result"] == "y" * 100
+    finally:
+        app.backend.close()

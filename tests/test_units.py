@@ -235,3 +235,9 @@ class TestSettings:
             Settings.from_conf({"amqp_results_peek_grace": -1})
         with pytest.raises(TypeError, match="amqp_results_queue_prefix"):
             Settings.from_conf({"amqp_results_queue_prefix": 5})
+        for bad in (0, -5, "big", 1.5, True):
+            with pytest.raises(ValueError, match="amqp_results_max_result_size"):
+                Settings.from_conf({"amqp_results_max_result_size": bad})
+        assert Settings.from_conf({"amqp_results_max_result_size": None}).max_result_size \
+            is None
+        assert Settings.from_conf({}).max_result_size == 128 * 1024 * 1024

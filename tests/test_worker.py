@@ -112,3 +112,14 @@ def test_children_are_recorded(tasks) -> None:
     children = tasks.app.AsyncResult(result.id).children
     assert len(children) == 3
     assert sorted(child.get(timeout=30) for child in children) == [0, 2, 4]
+
+
+def test_oversized_result_fails_the_task_with_a_clear_error(tasks) -> None:
+    from celery_amqp_results import ResultTooLargeError
+
+    result = tasks.big.delay(2_000_000)
+    with pytest.raises(ResultTooLargeError, match="amqp_results_max_result_size"):
+        result.get(timeout=30)
+    assert result.state == states.FAILURE
+    assert result.id in str(result.result)
+    assert tasks.big.delay(1000).get(timeout=30) == "x" * 1000

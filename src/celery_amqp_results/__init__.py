@@ -11,6 +11,7 @@ from .errors import (
     QueueArgumentsMismatch,
     ResultBrokerError,
     ResultStoreError,
+    ResultTooLargeError,
 )
 
 __version__ = "0.1.0"
@@ -23,5 +24,6 @@ __all__ = [
     "QueueArgumentsMismatch",
     "ResultBrokerError",
     "ResultStoreError",
+    "ResultTooLargeError",
     "__version__",
 ]

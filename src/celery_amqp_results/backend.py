@@ -20,7 +20,7 @@ from celery.result import GroupResult, result_from_tuple
 
 from . import connection as conn_mod
 from .codec import decode_state, encode_state
-from .errors import BacklogLimitExceeded, ResultBrokerError
+from .errors import BacklogLimitExceeded, ResultBrokerError, ResultTooLargeError
 from .naming import Names
 from .read import peek
 from .settings import Settings
@@ -120,10 +120,19 @@ class AMQPBackend(BaseBackend):
         meta = self._get_result_meta(result=result, state=state, traceback=traceback,
                                      request=request)
         meta["task_id"] = task_id
-        body, content_type, content_encoding = encode_state(meta, self.serializer)
-        self._store.put(task_id, state, queue_name, self.rkey(task_id),
-                        body, content_type, content_encoding)
+        self._store.put(task_id, state, queue_name, self.rkey(task_id), *self._encode(meta))
         return result
+
+    def _encode(self, meta: Meta) -> Tuple[bytes, str, str]:
+        """Serialize a state once; refuse it before publishing if it is too large."""
+        body, content_type, content_encoding = encode_state(meta, self.serializer)
+        limit = self.settings.max_result_size
+        if limit is not None and len(body) > limit:
+            raise ResultTooLargeError(
+                f"the {meta['status']} state of task {meta['task_id']!r} is {len(body)} "
+                f"bytes serialized, over amqp_results_max_result_size ({limit} bytes); "
+                f"nothing was stored", task_id=meta["task_id"], state=meta["status"])
+        return body, content_type, content_encoding
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Connection-level failures may be retried (``result_backend_always_retry``)."""
@@ -294,9 +303,7 @@ class AMQPBackend(BaseBackend):
         queue_name = self.names.group_queue(group_id)
         meta = {"task_id": group_id, "status": states.SUCCESS,
                 "result": result.as_tuple(), "date_done": self.app.now().isoformat()}
-        body, content_type, content_encoding = encode_state(meta, self.serializer)
-        self._store.put(group_id, states.SUCCESS, queue_name, None,
-                        body, content_type, content_encoding)
+        self._store.put(group_id, states.SUCCESS, queue_name, None, *self._encode(meta))
         return result
 
     def _restore_group(self, group_id: str) -> Optional[Meta]:

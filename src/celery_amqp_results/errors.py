@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from celery.exceptions import BackendError, BackendGetMetaError, BackendStoreError
+from kombu.exceptions import EncodeError
 
 
 class BacklogLimitExceeded(Exception):
@@ -46,6 +47,14 @@ class ResultStoreError(BackendStoreError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ResultTooLargeError(ResultStoreError, EncodeError):
+    """A state larger than ``amqp_results_max_result_size``: refused before publishing.
+
+    An EncodeError too, so a worker marks the task FAILURE with this message, as
+    Celery does for any result it cannot encode.
+    """
 
 
 class QueueArgumentsMismatch(Exception):

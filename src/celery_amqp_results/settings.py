@@ -18,6 +18,11 @@ DEFAULT_QUEUE_PREFIX = "celery-results."
 DEFAULT_PEEK_GRACE = 0.5
 
 
+#: Largest serialized state, in bytes, that is published (RabbitMQ's default
+#: ``max_message_size``); a larger one raises ResultTooLargeError before publishing.
+DEFAULT_MAX_RESULT_SIZE = 128 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Settings:
     """The package's settings, with their defaults."""
@@ -25,6 +30,7 @@ class Settings:
     queue_prefix: str = DEFAULT_QUEUE_PREFIX
     peek_grace: float = DEFAULT_PEEK_GRACE
     ssl: Optional[Any] = None
+    max_result_size: Optional[int] = DEFAULT_MAX_RESULT_SIZE
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> Settings:
@@ -36,4 +42,11 @@ class Settings:
         grace = DEFAULT_PEEK_GRACE if grace is None else float(grace)
         if grace < 0:
             raise ValueError(f"amqp_results_peek_grace must be >= 0, got {grace!r}")
-        return cls(queue_prefix=prefix, peek_grace=grace, ssl=conf.get("amqp_results_ssl"))
+        size = conf.get("amqp_results_max_result_size", DEFAULT_MAX_RESULT_SIZE)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                 or size <= 0):
+            raise ValueError(
+                f"amqp_results_max_result_size must be a positive number of bytes or "
+                f"None, got {size!r}")
+        return cls(queue_prefix=prefix, peek_grace=grace, ssl=conf.get("amqp_results_ssl"),
+                   max_result_size=size)
