@@ -292,3 +292,19 @@ def test_group_of_groups_joins(app, writer) -> None:
     outer = GroupResult(new_id(), [inner_a, inner_b], app=app)
     later(0.3, lambda: [writer.mark_as_done(i, n) for n, i in enumerate(a + b)])
     assert outer.join_native(timeout=10) == [[0, 1], [2, 3]]
+
+
+def test_waiter_keeps_its_connection_and_queue_between_waits(app, writer, vhost) -> None:
+    """Cleaning up after a wait must not cost a reconnect on the next one (an
+    auto-delete waiter queue vanished with its consumer and forced exactly that)."""
+    first, second = new_id(), new_id()
+    writer.mark_as_done(first, 1)
+    writer.mark_as_done(second, 2)
+    assert app.AsyncResult(first).get(timeout=5) == 1
+    waiter = app.backend._waiter()
+    connection = waiter._conn
+    assert connection is not None
+    assert waiter.queue_name in {q["name"] for q in broker.queues(vhost)}
+    assert waiter_consumers(vhost) == [] and waiter_bindings(vhost) == []
+    assert app.AsyncResult(second).get(timeout=5) == 2
+    assert app.backend._waiter()._conn is connection

@@ -193,8 +193,10 @@ class Waiter:
                     raise TimeoutError(f"The operation timed out: {error}") from exc
                 raise error from exc
             channel = conn.channel()
+            # Exclusive, so it goes with the connection; not auto-delete, or cancelling
+            # the consumer at the end of each wait would delete it too.
             channel.queue_declare(queue=self.queue_name, durable=False, exclusive=True,
-                                  auto_delete=True)
+                                  auto_delete=False)
             self.topology.exchange(channel).declare()
             self._conn, self._channel = conn, channel
             self._peek_channel = conn.channel()
