@@ -148,6 +148,12 @@ class TestUrls:
         app = Celery("u", broker=URL, backend="amqps://u:p@h:5671/v", set_as_current=False)
         assert app.backend._template.ssl
 
+    def test_amqps_without_port_is_described_as_5671(self) -> None:
+        from celery_amqp_results.connection import describe
+
+        app = Celery("u", broker=URL, backend="amqps://u:p@h/v", set_as_current=False)
+        assert "h:5671 vhost 'v'" in describe(app.backend._template)
+
     def test_bare_url_reuses_broker(self) -> None:
         app = Celery("u", broker=URL, backend="amqp://", set_as_current=False)
         template = app.backend._template
@@ -241,3 +247,9 @@ class TestSettings:
         assert Settings.from_conf({"amqp_results_max_result_size": None}).max_result_size \
             is None
         assert Settings.from_conf({}).max_result_size == 128 * 1024 * 1024
+        import ssl
+
+        with pytest.raises(TypeError, match="amqp_results_ssl"):
+            Settings.from_conf({"amqp_results_ssl": ssl.create_default_context()})
+        assert Settings.from_conf({"amqp_results_ssl": {"ca_certs": "x"}}).ssl == {
+            "ca_certs": "x"}

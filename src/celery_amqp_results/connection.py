@@ -8,8 +8,9 @@ returns only once the broker holds the state.
 from __future__ import annotations
 
 import os
+import ssl
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type
 
 from amqp.exceptions import AccessRefused, NotAllowed
 from celery.exceptions import ImproperlyConfigured
@@ -38,8 +39,16 @@ def sanitize(url: str) -> str:
 
 def describe(connection: Connection) -> str:
     """Host, port, vhost and user of ``connection`` for messages; never the password."""
-    return (f"{connection.hostname}:{connection.port or 5672} vhost "
+    port = connection.port or (5671 if connection.ssl else 5672)
+    return (f"{connection.hostname}:{port} vhost "
             f"{connection.virtual_host!r} as user {connection.userid!r}")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 def failures(connection: Connection) -> Tuple[Type[BaseException], ...]:
@@ -50,11 +59,13 @@ def failures(connection: Connection) -> Tuple[Type[BaseException], ...]:
 
 def broker_error(connection: Connection, exc: BaseException) -> ResultBrokerError:
     """A ResultBrokerError saying which broker failed and why (``raise ... from exc``)."""
-    refused = isinstance(exc, (AccessRefused, NotAllowed)) or isinstance(
-        exc.__cause__, (AccessRefused, NotAllowed))
+    # A refused login, an unknown vhost or a TLS failure (bad certificate, wrong CA)
+    # will not go away by retrying; a broker that is down may come back.
+    final = any(isinstance(cause, (AccessRefused, NotAllowed, ssl.SSLError))
+                for cause in _causes(exc))
     return ResultBrokerError(
         f"cannot use the result broker at {describe(connection)}: {exc}",
-        retryable=not refused)
+        retryable=not final)
 
 
 def make_connection(app: Any, url: Optional[str], connection: Optional[Connection],

@@ -48,5 +48,12 @@ class Settings:
             raise ValueError(
                 f"amqp_results_max_result_size must be a positive number of bytes or "
                 f"None, got {size!r}")
-        return cls(queue_prefix=prefix, peek_grace=grace, ssl=conf.get("amqp_results_ssl"),
+        use_ssl = conf.get("amqp_results_ssl")
+        if use_ssl is not None and not isinstance(use_ssl, (bool, dict)):
+            # py-amqp takes True or a dict of options; anything else would be ignored.
+            raise TypeError(
+                f"amqp_results_ssl must be None, a bool or a dict of TLS options "
+                f"(ca_certs, cert_reqs, certfile, keyfile, server_hostname, or "
+                f"context={{...}}), got {type(use_ssl).__name__}")
+        return cls(queue_prefix=prefix, peek_grace=grace, ssl=use_ssl,
                    max_result_size=size)
