@@ -13,6 +13,10 @@ node clash with the shared one.
 
 ``stop()`` keeps the data dir, so ``start()`` brings back the same node with its
 durable queues and persistent messages.  ``destroy()`` stops it and removes it all.
+
+Optional: ``tls=TLSFiles(...)`` adds a TLS listener on 127.0.0.1 on a port of its own
+(``tls_port``, ``tls_url``) next to the plain one; ``extra_config`` is appended to the
+node's rabbitmq.conf as given.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import amqp
 
@@ -63,6 +67,14 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class TLSFiles(NamedTuple):
+    """PEM files of a node's TLS listener: the CA it trusts, its certificate and key."""
+
+    cacertfile: Path
+    certfile: Path
+    keyfile: Path
+
+
 class PrivateNode:
     """A RabbitMQ node of this test run alone, started in the foreground.
 
@@ -70,12 +82,18 @@ class PrivateNode:
     exit) or call ``start()`` / ``stop()`` / ``destroy()`` yourself.
     """
 
-    def __init__(self, boot_timeout: float = 60.0, stop_timeout: float = 30.0) -> None:
+    def __init__(self, boot_timeout: float = 60.0, stop_timeout: float = 30.0, *,
+                 tls: Optional[TLSFiles] = None, extra_config: str = "") -> None:
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
         self.nodename = f"car-{uuid.uuid4().hex[:10]}@localhost"
         self.port = free_port()
         self.dist_port = free_port({self.port})
+        self.tls = tls
+        #: Port of the TLS listener (on 127.0.0.1), or None without ``tls``.
+        self.tls_port: Optional[int] = (
+            free_port({self.port, self.dist_port}) if tls is not None else None)
+        self.extra_config = extra_config
         self.base = Path(tempfile.mkdtemp(prefix="car-rabbit-"))
         self.proc: Optional[subprocess.Popen] = None
         #: Seconds the last start() took until AMQP connections were accepted.
@@ -90,6 +108,13 @@ class PrivateNode:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{HOST}:{self.port}//"
+
+    @property
+    def tls_url(self) -> str:
+        """``amqps://`` URL of the TLS listener (host ``localhost``, as its cert names)."""
+        if self.tls_port is None:
+            raise RuntimeError("this node has no TLS listener (PrivateNode(tls=...))")
+        return f"amqps://guest:guest@localhost:{self.tls_port}//"
 
     @property
     def log_dir(self) -> Path:
@@ -109,10 +134,19 @@ class PrivateNode:
             (self.base / sub).mkdir()
         (self.base / "enabled_plugins").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("# private test node: nothing here\n")
-        (self.base / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = {HOST}:{self.port}\n"
-            "log.console = false\n"
-            "log.file.level = info\n")
+        config = (f"listeners.tcp.local = {HOST}:{self.port}\n"
+                  "log.console = false\n"
+                  "log.file.level = info\n")
+        if self.tls is not None:
+            config += (f"listeners.ssl.local = {HOST}:{self.tls_port}\n"
+                       f"ssl_options.cacertfile = {self.tls.cacertfile}\n"
+                       f"ssl_options.certfile = {self.tls.certfile}\n"
+                       f"ssl_options.keyfile = {self.tls.keyfile}\n"
+                       "ssl_options.verify = verify_none\n"
+                       "ssl_options.fail_if_no_peer_cert = false\n")
+        if self.extra_config:
+            config += self.extra_config.rstrip("\n") + "\n"
+        (self.base / "rabbitmq.conf").write_text(config)
         cookie = self.base / "home" / ".erlang.cookie"
         cookie.write_text(uuid.uuid4().hex.upper())
         cookie.chmod(0o400)
@@ -183,6 +217,9 @@ class PrivateNode:
                                        connect_timeout=1)
                 conn.connect()
                 conn.close()
+                if self.tls_port is not None:
+                    # Started with the plain listener; a TCP accept is enough here.
+                    socket.create_connection((HOST, self.tls_port), timeout=1).close()
                 return
             except Exception as exc:
                 last_error = exc
