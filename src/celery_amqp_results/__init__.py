@@ -12,6 +12,7 @@ from .errors import (
     ResultBrokerError,
     ResultStoreError,
     ResultTooLargeError,
+    UnsafeResultError,
 )
 
 __version__ = "0.1.0"
@@ -25,5 +26,6 @@ __all__ = [
     "ResultBrokerError",
     "ResultStoreError",
     "ResultTooLargeError",
+    "UnsafeResultError",
     "__version__",
 ]

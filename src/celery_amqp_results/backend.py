@@ -16,11 +16,17 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import kombu
 from celery import states
 from celery.backends.base import BaseBackend
+from celery.exceptions import SecurityError
 from celery.result import GroupResult, result_from_tuple
 
 from . import connection as conn_mod
 from .codec import decode_state, encode_state
-from .errors import BacklogLimitExceeded, ResultBrokerError, ResultTooLargeError
+from .errors import (
+    BacklogLimitExceeded,
+    ResultBrokerError,
+    ResultTooLargeError,
+    UnsafeResultError,
+)
 from .naming import Names
 from .read import peek
 from .settings import Settings
@@ -162,7 +168,18 @@ class AMQPBackend(BaseBackend):
         meta = self._peek_meta(self.names.task_queue(task_id), task_id)
         if meta is None:
             return {"status": states.PENDING, "result": None}
-        return self.meta_from_decoded(meta)
+        return self._rebuild(task_id, meta)
+
+    def _rebuild(self, task_id: str, meta: Meta) -> Meta:
+        """Celery's ``meta_from_decoded`` (exceptions rebuilt), with errors naming the task."""
+        try:
+            return self.meta_from_decoded(meta)
+        except SecurityError as exc:
+            queue = self.names.task_queue(task_id)
+            raise UnsafeResultError(
+                f"result of task {task_id!r} names a failure type Celery refuses to "
+                f"rebuild: {exc}; the message stays in queue {queue!r}",
+                task_id=task_id, queue=queue, cause=exc) from exc
 
     def _peek_meta(self, queue_name: str, task_id: str) -> Optional[Meta]:
         grace = self.settings.peek_grace
@@ -292,7 +309,7 @@ class AMQPBackend(BaseBackend):
 
     def _remember(self, task_id: str, meta: Meta, decoded: bool = False) -> Meta:
         if not decoded:
-            meta = self.meta_from_decoded(meta)
+            meta = self._rebuild(task_id, meta)
         if meta["status"] in states.READY_STATES:
             self._cache[task_id] = meta
         return meta

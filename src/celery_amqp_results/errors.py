@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from celery.exceptions import BackendError, BackendGetMetaError, BackendStoreError
+from celery.exceptions import (
+    BackendError,
+    BackendGetMetaError,
+    BackendStoreError,
+    SecurityError,
+)
 from kombu.exceptions import EncodeError
 
 
@@ -36,6 +41,11 @@ class InvalidResultError(BackendGetMetaError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class UnsafeResultError(InvalidResultError, SecurityError):
+    """A stored failure names something Celery refuses to rebuild as an exception
+    (e.g. ``os.system``): Celery's SecurityError, naming the task."""
 
 
 class ResultStoreError(BackendStoreError):
