@@ -103,3 +103,19 @@ class RawBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def fail_fast(app: Any) -> Any:
+    """``app`` with a retry policy that gives up after one quick retry (failure tests)."""
+    app.backend.retry_policy.update(max_retries=1, interval_start=0, interval_step=0.1,
+                                    interval_max=0.1)
+    return app
+
+
+#: One call of each kind a backend makes to its broker, by name (failure tests).
+OPERATIONS: Dict[str, Any] = {
+    "store": lambda app: app.backend.mark_as_done(str(uuid.uuid4()), 1),
+    "read": lambda app: app.backend.get_task_meta(str(uuid.uuid4())),
+    "wait": lambda app: app.AsyncResult(str(uuid.uuid4())).get(timeout=5),
+    "forget": lambda app: app.backend.forget(str(uuid.uuid4())),
+}

@@ -8,24 +8,13 @@ import pytest
 from celery import Celery
 
 from celery_amqp_results import ResultBrokerError
-from tests.broker import HOST, PORT
+from tests.broker import HOST, OPERATIONS, PORT, fail_fast
 
 SECRET = "Sup3rSecretPw"
 
 
 def app_for(url: str) -> Celery:
-    app = Celery("bad", broker=url, backend=url, set_as_current=False)
-    app.backend.retry_policy.update(max_retries=1, interval_start=0, interval_step=0.1,
-                                    interval_max=0.1)
-    return app
-
-
-OPERATIONS = {
-    "store": lambda app: app.backend.mark_as_done(str(uuid.uuid4()), 1),
-    "read": lambda app: app.backend.get_task_meta(str(uuid.uuid4())),
-    "wait": lambda app: app.AsyncResult(str(uuid.uuid4())).get(timeout=5),
-    "forget": lambda app: app.backend.forget(str(uuid.uuid4())),
-}
+    return fail_fast(Celery("bad", broker=url, backend=url, set_as_current=False))
 
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
