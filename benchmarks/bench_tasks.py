@@ -1,9 +1,10 @@
-"""The Celery app and tasks that benchmarks/run.py sends to a real worker.
+"""The Celery app and tasks that benchmarks/run.py and load.py send to a real worker.
 
 ``make_app(broker, backend)`` builds an app for one peer (the benchmark process
-builds one per peer).  A worker is started with ``-A bench_tasks`` and finds its
-broker, result backend and extra settings in the environment (BENCH_BROKER,
-BENCH_BACKEND, BENCH_CONF as JSON), so it uses exactly what the benchmark uses.
+builds one per peer).  A worker is started with ``-A bench_tasks`` (by
+``harness.start_worker``) and finds its broker, result backend and extra settings
+in the environment (BENCH_BROKER, BENCH_BACKEND, BENCH_CONF as JSON), so it uses
+exactly what the benchmark uses.
 """
 from __future__ import annotations
 
@@ -51,5 +52,5 @@ def _app_from_environment() -> Optional[Celery]:
     return make_app(broker, backend, json.loads(os.environ.get("BENCH_CONF") or "{}"))
 
 
-#: The worker's app (``celery -A bench_tasks worker``); None when imported by run.py.
+#: The worker's app (``celery -A bench_tasks worker``); None when imported by run.py or load.py.
 app = _app_from_environment()

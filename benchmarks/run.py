@@ -25,8 +25,6 @@ import json
 import math
 import os
 import platform
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,11 +47,19 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_tasks import make_app  # noqa: E402  (needs HERE on sys.path)
+from harness import (  # noqa: E402  (needs HERE on sys.path)
+    RABBIT_HOST,
+    amqp_url,
+    close_app,
+    delete_vhost,
+    rabbitmqctl,
+    start_worker,
+    stop_worker,
+    wait_for_ping,
+)
 
-RABBIT_HOST = "127.0.0.1:5672"
 REDIS_DB = 15
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
-RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
 
 #: The queue arguments this project declares for every result queue (1 day expiry,
 #: Celery's default result_expires), used by the raw floors.
@@ -268,15 +274,7 @@ PEERS = [
 ]
 
 
-def amqp_url(vhost: str) -> str:
-    return f"amqp://guest:guest@{RABBIT_HOST}/{vhost}"
-
-
 # -- services: vhosts, redis db, worker ----------------------------------------------------
-
-
-def rabbitmqctl(*args: str, timeout: float = 600) -> None:
-    subprocess.run([RABBITMQCTL, *args], check=True, capture_output=True, timeout=timeout)
 
 
 class Vhosts:
@@ -296,10 +294,7 @@ class Vhosts:
     def delete(self, name: str) -> None:
         if name in self.created:
             self.created.remove(name)
-            try:
-                rabbitmqctl("delete_vhost", name)
-            except (subprocess.SubprocessError, OSError) as exc:
-                print(f"warning: could not delete vhost {name}: {exc}", file=sys.stderr)
+            delete_vhost(name)
 
     def delete_all(self) -> None:
         for name in list(self.created):
@@ -309,8 +304,7 @@ class Vhosts:
 def queue_count(vhost: str) -> Optional[int]:
     """How many queues ``vhost`` holds (what a peer leaves behind on the broker)."""
     try:
-        out = subprocess.run([RABBITMQCTL, "list_queues", "-q", "-p", vhost, "name"],
-                             check=True, capture_output=True, text=True, timeout=300).stdout
+        out = rabbitmqctl("list_queues", "-q", "-p", vhost, "name", timeout=300)
     except (subprocess.SubprocessError, OSError):
         return None
     return sum(1 for line in out.splitlines() if line.strip() and line.strip() != "name")
@@ -320,67 +314,22 @@ def flush_redis() -> None:
     redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
 
 
-def close_app(app: Celery) -> None:
-    """Close the app's connections (and the backend's own, where it has a close())."""
-    for owner in (app.backend, app):
-        try:
-            close = getattr(owner, "close", None)
-            if close is not None:
-                close()
-        except Exception:  # closing is best effort
-            pass
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Warm shutdown (SIGTERM), 20 s to finish, then SIGKILL to its process group."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # the group is the worker and its pool children; it was started as a session
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc.poll() is None:
-        proc.wait(timeout=20)
-
-
 @contextmanager
 def running_worker(peer: Peer, broker: str, backend: str, log_path: Path,
                    app: Celery) -> Iterator[subprocess.Popen]:
     """A real ``celery worker`` (prefork, 2 processes) for ``peer``; stopped on exit."""
-    env = dict(os.environ, BENCH_BROKER=broker, BENCH_BACKEND=backend,
-               BENCH_CONF=json.dumps(peer.conf),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE),
-                                                        os.environ.get("PYTHONPATH")])))
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "bench_tasks", "worker", "--pool=prefork",
-             "--concurrency=2", "--loglevel=WARNING", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-n", f"bench-{peer.key}-{os.getpid()}@%h"],
-            cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_until_ready(app, proc)
-            yield proc
-        finally:
-            stop_process(proc)
+    proc = start_worker(broker, backend, log_path, f"bench-{peer.key}-{os.getpid()}@%h",
+                        peer.conf)
+    try:
+        wait_for_ping(app, proc)
+        warm_up(app)
+        yield proc
+    finally:
+        stop_worker(proc)
 
 
-def wait_until_ready(app: Celery, proc: subprocess.Popen, limit: float = 60) -> None:
-    """Until the worker answers a ping and ran a few tasks (pool started, connections open)."""
-    deadline = time.monotonic() + limit
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with status {proc.returncode} (see its log)")
-        try:
-            if app.control.ping(timeout=0.5):
-                break
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"worker did not answer a ping within {limit:g} s")
+def warm_up(app: Celery) -> None:
+    """A few tasks and a group of 20 (pool started, connections open) before timing."""
     add = app.tasks["bench.add"]
     for _ in range(5):
         add.delay(1, 1).get(timeout=30)
