@@ -162,3 +162,25 @@ def test_oversized_result_is_refused_before_publishing(url, vhost) -> None:
         assert app.backend.get_task_meta(task_id)["result"] == "y" * 100
     finally:
         app.backend.close()
+
+
+def test_broker_nack_is_an_error_not_silence(app, vhost, caplog) -> None:
+    """A queue that rejects publishes (created behind the backend's back) makes the
+    broker nack the state: store_result must raise, never return as if stored."""
+    import logging
+
+    from celery_amqp_results import ResultStoreError
+
+    task_id = new_id()
+    queue_name = app.backend.names.task_queue(task_id)
+    with RawBroker(vhost) as raw:
+        raw.channel.queue_declare(queue_name, durable=True, auto_delete=False,
+                                  arguments={"x-max-length": 0,
+                                             "x-overflow": "reject-publish"})
+    with caplog.at_level(logging.ERROR, logger="celery_amqp_results.store"):
+        with pytest.raises(ResultStoreError, match=f"refused \\(nack\\).*'{task_id}'"):
+            app.backend.mark_as_done(task_id, "refused")
+    assert any(queue_name in r.getMessage() for r in caplog.records)  # the clash, logged
+    with RawBroker(vhost) as raw:
+        raw.channel.queue_delete(queue_name)
+    assert_backend_still_works(app)

@@ -72,6 +72,15 @@ class Store:
             properties["expiration"] = self.topology.message_expiration
 
         def operation(channel: Any) -> None:
+            try:
+                publish(channel)
+            except amqp.exceptions.MessageNacked as exc:
+                # Caught here: kombu would re-raise it as a connection error.
+                raise ResultStoreError(
+                    f"the broker refused (nack) the {state} state of task {task_id!r} "
+                    f"in queue {queue_name!r}", task_id=task_id, state=state) from exc
+
+        def publish(channel: Any) -> None:
             if queue_name not in self._declared:
                 self._declare(channel, queue_name)
             if not self._publish_stored(channel, queue_name, body, properties):
@@ -87,12 +96,7 @@ class Store:
                     amqp.Message(body, **properties),
                     exchange=self._exchange(channel), routing_key=routing_key)
 
-        try:
-            self.run(operation)
-        except amqp.exceptions.MessageNacked as exc:
-            raise ResultStoreError(
-                f"the broker refused (nack) the {state} state of task {task_id!r}",
-                task_id=task_id, state=state) from exc
+        self.run(operation)
 
     def delete(self, queue_name: str) -> None:
         """Delete a stored result for everyone (no error if it is already gone)."""
