@@ -1,13 +1,15 @@
 """Writing states: each store is confirmed by the broker or raises, never dropped."""
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from typing import Any, Callable, Dict, Optional, TypeVar
 
 import amqp
 from amqp.exceptions import PreconditionFailed
 from kombu.common import maybe_declare
-from kombu.utils.functional import LRUCache
+from kombu.utils.functional import LRUCache, fxrange
 
 from .channel import returns_of
 from .connection import ConnectionPool, broker_error, failures
@@ -20,13 +22,6 @@ T = TypeVar("T")
 
 #: How many task ids a process remembers having declared a queue for.
 DECLARED_CACHE_SIZE = 10_000
-
-
-class _NoRevive:
-    """kombu's ``ensure`` revives an object after reconnecting; ours fetch channels afresh."""
-
-    def revive(self, channel: Any) -> None:
-        pass
 
 
 class Store:
@@ -50,14 +45,32 @@ class Store:
         self._declared = LRUCache(limit=DECLARED_CACHE_SIZE)
 
     def run(self, operation: Callable[[Any], T]) -> T:
-        """Run ``operation(channel)`` on a pooled connection, retrying by the retry policy."""
+        """Run ``operation(channel)`` on a pooled connection, retrying by the retry policy.
+
+        The loop is ours rather than kombu's ``Connection.ensure``: ensure connects a
+        fresh connection with kombu's own retry defaults (2 s apart, ~6 s in all,
+        whatever the policy says), and an error while it reopens the channel after a
+        reconnect escapes its loop, so one more lost connection ended the retries.
+        """
+        policy = self.retry_policy
+        max_retries = policy.get("max_retries")
+        interval_max = float(policy.get("interval_max", 1))
+        intervals = fxrange(policy.get("interval_start", 0), interval_max,
+                            policy.get("interval_step", 1), repeatlast=True)
         with self.pool.acquire() as conn:
-            def attempt() -> T:
-                return operation(conn.default_channel)
-            try:
-                return conn.ensure(_NoRevive(), attempt, **self.retry_policy)()
-            except failures(conn) as exc:
-                raise broker_error(conn, exc) from exc
+            for retries in itertools.count():
+                try:
+                    conn.ensure_connection(max_retries=0)  # one attempt, no sleep
+                    return operation(conn.default_channel)
+                except failures(conn) as exc:
+                    error = broker_error(conn, exc)
+                    if not error.retryable or (
+                            max_retries is not None and retries >= max_retries):
+                        raise error from exc
+                    conn.collect()
+                    conn.maybe_switch_next()  # failover URLs: the next host, as ensure did
+                    time.sleep(min(float(next(intervals)), interval_max))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def put(self, task_id: str, state: str, queue_name: str, routing_key: Optional[str],
             body: bytes, content_type: str, content_encoding: str) -> None:
