@@ -90,7 +90,7 @@ def test_results_survive_broker_restart(running: PrivateNode) -> None:
     progress = {"done": 3, "total": 10}
     with celery_app(node) as app:
         assert app.backend.persistent is True
-        successes = store_successes(app, 200)
+        successes = store_successes(app, 1000)
         app.backend.mark_as_failure(failed_id, ValueError("boom"))
         app.backend.store_result(progress_id, progress, "PROGRESS")
 
@@ -98,7 +98,7 @@ def test_results_survive_broker_restart(running: PrivateNode) -> None:
 
     all_ids = [*successes, failed_id, progress_id]
     queues = stored_queues(node, all_ids)
-    assert len(queues) == 202
+    assert len(queues) == 1002
     assert all(q["durable"] and q["messages"] == 1 for q in queues.values())
 
     read = 0
@@ -118,8 +118,8 @@ def test_results_survive_broker_restart(running: PrivateNode) -> None:
         assert in_progress.state == "PROGRESS"
         assert in_progress.info == progress
         read += 1
-        MEASURED["persistent test: reading the 202 results (s)"] = time.monotonic() - began
-    assert read == 200 + 2
+        MEASURED["persistent test: reading the 1002 results (s)"] = time.monotonic() - began
+    assert read == 1000 + 2
 
 
 def test_transient_results_do_not_survive(running: PrivateNode) -> None:
