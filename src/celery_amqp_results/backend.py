@@ -186,13 +186,12 @@ class AMQPBackend(BaseBackend):
         message = self._store.run(lambda channel: peek(channel, queue_name, grace))
         if message is None:
             return None
-        return decode_state(task_id, queue_name, message.body,
-                            message.properties.get("content_type"),
-                            message.properties.get("content_encoding"), self.accept)
+        return self._decode(task_id, message, queue_name)
 
-    def _decode_pushed(self, task_id: str, message: Any) -> Meta:
-        return decode_state(task_id, self.names.task_queue(task_id), message.body,
-                            message.properties.get("content_type"),
+    def _decode(self, task_id: str, message: Any, queue_name: Optional[str] = None) -> Meta:
+        """Decode a raw message holding a state of ``task_id`` (stored in ``queue_name``)."""
+        return decode_state(task_id, queue_name or self.names.task_queue(task_id),
+                            message.body, message.properties.get("content_type"),
                             message.properties.get("content_encoding"), self.accept)
 
     # -- waiting -----------------------------------------------------------------------------
@@ -204,7 +203,7 @@ class AMQPBackend(BaseBackend):
         if waiter is None or local.pid != os.getpid():
             if waiter is not None:
                 waiter.forget_after_fork()
-            waiter = Waiter(self._template.clone, self.topology, self._decode_pushed,
+            waiter = Waiter(self._template.clone, self.topology, self._decode,
                             self.settings.peek_grace, self.retry_policy)
             local.waiter, local.pid = waiter, os.getpid()
             if self._pid != local.pid:  # first waiter in a forked child

@@ -67,10 +67,6 @@ class ResultTooLargeError(ResultStoreError, EncodeError):
     """
 
 
-class QueueArgumentsMismatch(Exception):
-    """A result queue exists with arguments that differ from this process's settings."""
-
-
 class ResultBrokerError(BackendError):
     """The result broker cannot be reached or refused the login; names host and vhost.
 
