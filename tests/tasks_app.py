@@ -65,3 +65,68 @@ app.conf.amqp_results_max_result_size = 1_000_000
 @app.task
 def big(size: int) -> str:
     return "x" * size
+
+
+# -- chords ------------------------------------------------------------------------------------
+
+@app.task
+def collect(values: list) -> list:
+    """A chord body that returns what it was given, to check values and their order."""
+    return values
+
+
+@app.task
+def slow_add(x: int, y: int, delay: float) -> int:
+    time.sleep(delay)
+    return x + y
+
+
+@app.task
+def log_run(values: list, path: str) -> list:
+    """A chord body that appends a line to ``path`` each time it runs."""
+    with open(path, "a") as handle:
+        handle.write(f"{values!r}\n")
+    return values
+
+
+@app.task
+def log_error(task_id: str, path: str) -> str:
+    """An old-style errback (called as a task with the failed task's id)."""
+    with open(path, "a") as handle:
+        handle.write(f"{task_id}\n")
+    return task_id
+
+
+@app.task(bind=True)
+def add_more(self, count: int) -> int:
+    """A header task that makes its chord wait for ``count`` more tasks."""
+    for i in range(count):
+        self.add_to_chord(add.s(100, i))
+    return -count
+
+
+@app.task(bind=True)
+def replace_with(self, x: int, as_group: bool = False):
+    """A header task that replaces itself with a task, or with a group."""
+    if as_group:
+        from celery import group
+        return self.replace(group(add.s(x, 1), add.s(x, 2)))
+    return self.replace(add.s(x, 1000))
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def die_once(self, value: int, marker: str) -> int:
+    """Returns ``value``; its first run reports its chord part, then kills its process.
+
+    That is a worker lost after the part was recorded and before the task
+    message was acknowledged: the broker redelivers the task (acks_late), and
+    its second run reports the same part again.
+    """
+    if not os.path.exists(marker):
+        with open(marker, "w") as handle:
+            handle.write(self.request.id)
+        # What the worker does after a task returns (Backend.mark_as_done), but
+        # without storing the result, so Celery sees no SUCCESS and redelivers.
+        self.backend.on_chord_part_return(self.request, "SUCCESS", value)
+        os._exit(17)
+    return value

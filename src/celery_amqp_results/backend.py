@@ -20,6 +20,8 @@ from celery.exceptions import SecurityError
 from celery.result import GroupResult, result_from_tuple
 
 from . import connection as conn_mod
+from .chordlog import ChordLog
+from .chords import NativeChords
 from .codec import decode_state, encode_state
 from .errors import (
     BacklogLimitExceeded,
@@ -81,13 +83,15 @@ class AMQPBackend(BaseBackend):
             self.names,
             exchange or conf.result_exchange,
             exchange_type or conf.result_exchange_type,
-            self.expires, self.persistent)
+            self.expires, self.persistent, self._chord_expires())
         self.exchange = self.topology.exchange
         self._connection_arg = connection
         self._template = conn_mod.make_connection(app, self.url, connection, self.settings.ssl)
         self._pool = conn_mod.ConnectionPool(
             self._template.clone, conf.get("broker_pool_limit") or 10)
         self._store = Store(self._pool, self.topology, self.retry_policy)
+        self._chords = NativeChords(self, ChordLog(
+            self._store, self.topology, self.names, self.settings.peek_grace))
         self._local = threading.local()
         #: Every thread's waiter in this process, so close() reaches them all.
         self._waiters: weakref.WeakSet[Waiter] = weakref.WeakSet()
@@ -126,10 +130,10 @@ class AMQPBackend(BaseBackend):
         meta = self._get_result_meta(result=result, state=state, traceback=traceback,
                                      request=request)
         meta["task_id"] = task_id
-        self._store.put(task_id, state, queue_name, self.rkey(task_id), *self._encode(meta))
+        self._store.put(task_id, state, queue_name, self.rkey(task_id), *self._serialize(meta))
         return result
 
-    def _encode(self, meta: Meta) -> Tuple[bytes, str, str]:
+    def _serialize(self, meta: Meta) -> Tuple[bytes, str, str]:
         """Serialize a state once; refuse it before publishing if it is too large."""
         body, content_type, content_encoding = encode_state(meta, self.serializer)
         limit = self.settings.max_result_size
@@ -319,7 +323,7 @@ class AMQPBackend(BaseBackend):
         queue_name = self.names.group_queue(group_id)
         meta = {"task_id": group_id, "status": states.SUCCESS,
                 "result": result.as_tuple(), "date_done": self.app.now().isoformat()}
-        self._store.put(group_id, states.SUCCESS, queue_name, None, *self._encode(meta))
+        self._store.put(group_id, states.SUCCESS, queue_name, None, *self._serialize(meta))
         return result
 
     def _restore_group(self, group_id: str) -> Optional[Meta]:
@@ -331,6 +335,31 @@ class AMQPBackend(BaseBackend):
 
     def _delete_group(self, group_id: str) -> None:
         self._store.delete(self.names.group_queue(group_id))
+
+    # -- native chords (chords.py): no chord_unlock task ----------------------------------------
+
+    def _chord_expires(self) -> Optional[float]:
+        """``result_chord_expires`` (Celery 5.7) if set, else ``result_expires``."""
+        expires = self.app.conf.get("result_chord_expires")
+        return self.expires if expires is None else self.prepare_expires(expires, type=float)
+
+    def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        """Create the chord's log before its header is sent; its last part sends the body."""
+        self.ensure_chords_allowed()
+        self._chords.apply(header_result_args)
+
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        """Record how many header tasks the chord waits for."""
+        self._chords.set_size(group_id, chord_size)
+
+    def add_to_chord(self, group_id: str, result: Any) -> None:
+        """Make the chord wait for one more task (``Task.add_to_chord``)."""
+        self._chords.add(group_id, result.id)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any,
+                             **kwargs: Any) -> None:
+        """Record a finished header task; the last one sends the chord's body, once."""
+        self._chords.part_returned(request, state, result)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

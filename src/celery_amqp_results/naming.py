@@ -37,6 +37,8 @@ class Names:
         self.task_prefix = prefix + "task."
         self.group_prefix = prefix + "group."
         self.waiter_prefix = prefix + "waiter."
+        self.chord_prefix = prefix + "chord."
+        self.chord_size_prefix = prefix + "chord-size."
 
     def task_queue(self, task_id: Any) -> str:
         """Name of the queue that stores the newest state of ``task_id``."""
@@ -45,6 +47,16 @@ class Names:
     def group_queue(self, group_id: Any) -> str:
         """Name of the queue that stores a saved group."""
         return self.group_prefix + validate_id(group_id, self.group_prefix, "group id")
+
+    def chord_queue(self, group_id: Any) -> str:
+        """Name of the queue that logs the finished parts of a native chord."""
+        # Validated against the longer of the two chord prefixes: a group id
+        # accepted for one chord queue must fit the other too.
+        return self.chord_prefix + validate_id(group_id, self.chord_size_prefix, "group id")
+
+    def chord_size_queue(self, group_id: Any) -> str:
+        """Name of the queue that holds a native chord's size."""
+        return self.chord_size_prefix + validate_id(group_id, self.chord_size_prefix, "group id")
 
     def routing_key(self, task_id: Any) -> str:
         """Routing key on the notify exchange under which a task's states are announced."""

@@ -14,7 +14,7 @@ from kombu.utils.functional import LRUCache, fxrange
 from .channel import returns_of
 from .connection import ConnectionPool, broker_error, failures
 from .errors import ResultStoreError
-from .topology import Topology
+from .topology import NoCacheQueue, Topology
 
 logger = logging.getLogger(__name__)
 
@@ -75,41 +75,69 @@ class Store:
     def put(self, task_id: str, state: str, queue_name: str, routing_key: Optional[str],
             body: bytes, content_type: str, content_encoding: str) -> None:
         """Store one state of ``task_id`` in ``queue_name``; announce it under ``routing_key``."""
-        properties: Dict[str, Any] = {
-            "content_type": content_type,
-            "content_encoding": content_encoding,
-            "delivery_mode": self.topology.delivery_mode,
-            "correlation_id": task_id,
-        }
-        if self.topology.message_expiration:
-            properties["expiration"] = self.topology.message_expiration
+        properties = self._properties(task_id, content_type, content_encoding, expire=True)
+        queue = self.topology.storage_queue(queue_name)
 
         def operation(channel: Any) -> None:
-            try:
-                publish(channel)
-            except amqp.exceptions.MessageNacked as exc:
-                # Caught here: kombu would re-raise it as a connection error.
-                raise ResultStoreError(
-                    f"the broker refused (nack) the {state} state of task {task_id!r} "
-                    f"in queue {queue_name!r}", task_id=task_id, state=state) from exc
-
-        def publish(channel: Any) -> None:
-            if queue_name not in self._declared:
-                self._declare(channel, queue_name)
-            if not self._publish_stored(channel, queue_name, body, properties):
-                # The queue went away since we declared it: declare it again.
-                self._declare(channel, queue_name)
-                if not self._publish_stored(channel, queue_name, body, properties):
-                    raise ResultStoreError(
-                        f"the broker returned the {state} state of task {task_id!r} as "
-                        f"unroutable twice: queue {queue_name!r} vanished right after "
-                        f"being declared", task_id=task_id, state=state)
+            self._publish(channel, queue, body, properties, task_id, state, create=True)
             if routing_key is not None:
                 channel.basic_publish(
                     amqp.Message(body, **properties),
                     exchange=self._exchange(channel), routing_key=routing_key)
 
         self.run(operation)
+
+    def put_in(self, queue: NoCacheQueue, task_id: str, state: str, body: bytes,
+               content_type: str, content_encoding: str, *, create: bool) -> bool:
+        """Publish a message that never expires to ``queue``, confirmed.
+
+        With ``create`` the queue is declared if needed; without, a missing queue
+        makes this return False and publishes nothing (the chord log is gone).
+        """
+        properties = self._properties(task_id, content_type, content_encoding, expire=False)
+        return self.run(lambda channel: self._publish(
+            channel, queue, body, properties, task_id, state, create=create))
+
+    def _properties(self, task_id: str, content_type: str, content_encoding: str,
+                    expire: bool) -> Dict[str, Any]:
+        properties: Dict[str, Any] = {
+            "content_type": content_type,
+            "content_encoding": content_encoding,
+            "delivery_mode": self.topology.delivery_mode,
+            "correlation_id": task_id,
+        }
+        if expire and self.topology.message_expiration:
+            properties["expiration"] = self.topology.message_expiration
+        return properties
+
+    def _publish(self, channel: Any, queue: NoCacheQueue, body: bytes,
+                 properties: Dict[str, Any], task_id: str, state: str, create: bool) -> bool:
+        """Publish to ``queue`` through the default exchange, mandatory and confirmed.
+
+        A nack raises ResultStoreError.  A return (no such queue) declares the
+        queue and publishes again if ``create``, else answers False.
+        """
+        queue_name = str(queue.name)
+        try:
+            if create and queue_name not in self._declared:
+                self._declare(channel, queue)
+            if self._publish_stored(channel, queue_name, body, properties):
+                return True
+            if not create:
+                return False
+            # The queue went away since we declared it: declare it again.
+            self._declare(channel, queue)
+            if self._publish_stored(channel, queue_name, body, properties):
+                return True
+        except amqp.exceptions.MessageNacked as exc:
+            # Caught here: kombu would re-raise it as a connection error.
+            raise ResultStoreError(
+                f"the broker refused (nack) the {state} state of task {task_id!r} "
+                f"in queue {queue_name!r}", task_id=task_id, state=state) from exc
+        raise ResultStoreError(
+            f"the broker returned the {state} state of task {task_id!r} as "
+            f"unroutable twice: queue {queue_name!r} vanished right after "
+            f"being declared", task_id=task_id, state=state)
 
     def delete(self, queue_name: str) -> None:
         """Delete a stored result for everyone (no error if it is already gone)."""
@@ -122,14 +150,15 @@ class Store:
         maybe_declare(self.topology.exchange, channel)
         return str(self.topology.exchange.name)
 
-    def _declare(self, channel: Any, queue_name: str) -> None:
-        queue = self.topology.storage_queue(queue_name)
+    def _declare(self, channel: Any, queue: NoCacheQueue) -> None:
+        queue_name = str(queue.name)
         try:
             queue.queue_declare(channel=channel)
         except PreconditionFailed as exc:
             # py-amqp has reopened the channel.  The queue exists, so the state
             # can still be stored in it: store it and say loudly what differs.
-            logger.error(self.topology.explain_mismatch(queue_name, str(exc)))
+            logger.error(self.topology.explain_mismatch(
+                queue_name, str(exc), getattr(queue, "queue_arguments", None)))
         self._declared[queue_name] = True
 
     def _publish_stored(self, channel: Any, queue_name: str, body: bytes,

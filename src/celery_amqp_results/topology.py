@@ -10,7 +10,11 @@ Default topology (README "Broker topology"):
 * one exchange, ``result_exchange`` (durable), on which every state is
   published a second time with the task id as routing key, for waiters;
 * one exclusive queue per waiting thread, bound to that exchange for the task
-  ids it waits on while it waits.
+  ids it waits on while it waits;
+* per native chord, a durable log of its finished parts (``<prefix>chord.<id>``)
+  and a newest-only queue holding its size (``<prefix>chord-size.<id>``), both
+  going away ``result_chord_expires`` (else ``result_expires``) after their last
+  use, and deleted as soon as the chord's body has been sent.
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ class Topology:
     """The broker entities for one set of settings; pure, no I/O."""
 
     def __init__(self, names: Names, exchange_name: str, exchange_type: str,
-                 expires: Optional[float], persistent: bool) -> None:
+                 expires: Optional[float], persistent: bool,
+                 chord_expires: Optional[float] = None) -> None:
         if exchange_type == "headers":
             raise ValueError(
                 "result_exchange_type 'headers' cannot route a state by task id: "
@@ -64,6 +69,10 @@ class Topology:
         #: AMQP ``expiration`` property of every stored state, or None to keep it.
         self.message_expiration: Optional[str] = (
             str(self.expires_ms) if self.expires else None)
+        chord_expires = chord_expires if chord_expires is not None else self.expires
+        self.chord_arguments: Dict[str, Any] = {}
+        if chord_expires and chord_expires > 0:
+            self.chord_arguments["x-expires"] = max(1, round(chord_expires * 1000))
 
     @property
     def expires_ms(self) -> int:
@@ -72,16 +81,34 @@ class Topology:
 
     def storage_queue(self, queue_name: str) -> NoCacheQueue:
         """The durable newest-state-only queue called ``queue_name``."""
+        return self._durable(queue_name, self.queue_arguments)
+
+    def chord_log_queue(self, queue_name: str) -> NoCacheQueue:
+        """The durable queue logging a chord's finished parts: keeps every message."""
+        return self._durable(queue_name, self.chord_arguments)
+
+    def chord_size_queue(self, queue_name: str) -> NoCacheQueue:
+        """The durable newest-only queue holding a chord's size."""
+        return self._durable(queue_name, {**NEWEST_ONLY, **self.chord_arguments})
+
+    @staticmethod
+    def _durable(queue_name: str, arguments: Dict[str, Any]) -> NoCacheQueue:
         return NoCacheQueue(
             queue_name, exchange=kombu.Exchange(""), routing_key=queue_name,
-            durable=True, auto_delete=False, queue_arguments=self.queue_arguments)
+            durable=True, auto_delete=False, queue_arguments=arguments)
 
-    def explain_mismatch(self, queue_name: str, reply_text: str) -> str:
-        """Turn RabbitMQ's PRECONDITION_FAILED text into a sentence naming the setting."""
+    def explain_mismatch(self, queue_name: str, reply_text: str,
+                         arguments: Optional[Dict[str, Any]] = None) -> str:
+        """Turn RabbitMQ's PRECONDITION_FAILED text into a sentence naming the setting.
+
+        ``arguments`` are those this process declared (default: a result queue's).
+        """
         match = _INEQUIVALENT.search(reply_text)
         argument = match.group(1) if match else "unknown"
         setting = SETTING_FOR_ARGUMENT.get(argument, "a queue setting")
-        mine = self.queue_arguments.get(argument)
+        if argument == "x-expires" and queue_name.startswith(self.names.chord_prefix):
+            setting = "result_chord_expires (else result_expires)"
+        mine = (self.queue_arguments if arguments is None else arguments).get(argument)
         return (
             f"result queue {queue_name!r} already exists with a different {argument!r} "
             f"(this process would declare {mine!r}; broker said: {reply_text}). "
