@@ -2,6 +2,7 @@
 # Make this machine ready to run the demo and the tests, idempotently:
 #   1. RabbitMQ installed (apt-get, as root or through sudo),
 #   2. RabbitMQ running and booted (started with `rabbitmq-server -detached` if not),
+#      with its management API (plugin rabbitmq_management) answering on port 15672,
 #   3. a virtualenv with this package installed editable, plus its [test] extras.
 # Prints one line per step; re-running it when everything is in place takes ~1 s.
 #
@@ -59,6 +60,43 @@ else
         sleep 1
     done
     say "rabbitmq: started"
+fi
+
+# -- 2b. RabbitMQ management API (`celery amqp-results purge` and `doctor` list queues) -----
+MGMT_URL="http://127.0.0.1:15672/api/overview"
+
+# True once the API answers at all (a 401 without credentials is an answer).
+mgmt_up() {
+    if command -v curl >/dev/null 2>&1; then
+        [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$MGMT_URL" 2>/dev/null)" != "000" ]
+    else
+        python3 - "$MGMT_URL" <<'PY' >/dev/null 2>&1
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=5)
+except urllib.error.HTTPError:
+    pass  # it answered
+PY
+    fi
+}
+
+if mgmt_up; then
+    say "rabbitmq management API: answering"
+else
+    if ! timeout 30 rabbitmq-plugins -q is_enabled rabbitmq_management >/dev/null 2>&1; then
+        say "rabbitmq management API: enabling the rabbitmq_management plugin ..."
+        # Enabling a plugin starts it on the running node; the node is not restarted.
+        as_root rabbitmq-plugins -q enable rabbitmq_management >/dev/null \
+            || die "rabbitmq-plugins enable rabbitmq_management failed"
+    fi
+    deadline=$((SECONDS + 60))
+    until mgmt_up; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            die "the management API did not answer at $MGMT_URL within 60 s"
+        fi
+        sleep 1
+    done
+    say "rabbitmq management API: answering at ${MGMT_URL%api/overview}"
 fi
 
 # -- 3. virtualenv ---------------------------------------------------------------------------

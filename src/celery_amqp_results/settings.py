@@ -22,6 +22,9 @@ DEFAULT_PEEK_GRACE = 0.5
 #: ``max_message_size``); a larger one raises ResultTooLargeError before publishing.
 DEFAULT_MAX_RESULT_SIZE = 128 * 1024 * 1024
 
+#: Schemes a management API URL (``amqp_results_management_url``) may have.
+MANAGEMENT_SCHEMES = ("http://", "https://")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -31,6 +34,9 @@ class Settings:
     peek_grace: float = DEFAULT_PEEK_GRACE
     ssl: Optional[Any] = None
     max_result_size: Optional[int] = DEFAULT_MAX_RESULT_SIZE
+    #: RabbitMQ management API root for ``celery amqp-results`` (None: derived
+    #: from the result backend URL, same host, port 15672).
+    management_url: Optional[str] = None
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> Settings:
@@ -55,5 +61,13 @@ class Settings:
                 f"amqp_results_ssl must be None, a bool or a dict of TLS options "
                 f"(ca_certs, cert_reqs, certfile, keyfile, server_hostname, or "
                 f"context={{...}}), got {type(use_ssl).__name__}")
+        management_url = conf.get("amqp_results_management_url")
+        if management_url is not None and not (
+                isinstance(management_url, str) and management_url.startswith(MANAGEMENT_SCHEMES)):
+            # The value is not echoed: it may carry a password.
+            raise ValueError(
+                f"amqp_results_management_url must be an http:// or https:// URL of "
+                f"RabbitMQ's management API, such as http://rabbit:15672/; got a "
+                f"{type(management_url).__name__} that is not one")
         return cls(queue_prefix=prefix, peek_grace=grace, ssl=use_ssl,
-                   max_result_size=size)
+                   max_result_size=size, management_url=management_url)
