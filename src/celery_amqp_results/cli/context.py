@@ -1,0 +1,70 @@
+"""What every subcommand needs: the app's backend, its management API, errors as exits.
+
+A command's failure is one line on stderr and a non-zero exit, never a traceback:
+``EX_UNAVAILABLE`` (69, as Celery's own commands use) when the broker or its
+management API cannot be used, 2 for bad input, 1 for anything else.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+import click
+from celery.exceptions import ImproperlyConfigured
+from celery.platforms import EX_UNAVAILABLE
+
+from ..backend import AMQPBackend
+from ..connection import make_connection
+from ..errors import InvalidResultError, InvalidTaskIdError, ResultBrokerError
+from ..management import ManagementAPI, ManagementError, management_api
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Unavailable(click.ClickException):
+    """The result broker or its management API cannot be used (exit 69)."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+def backend_from(ctx: click.Context) -> AMQPBackend:
+    """The AMQPBackend of the app that ``celery -A`` loaded, or a clear error."""
+    app = getattr(ctx.obj, "app", None)
+    if app is None:
+        raise click.UsageError(
+            "no Celery app: run this as `celery -A proj amqp-results ...`")
+    try:
+        backend = app.backend
+    except (ImproperlyConfigured, ImportError, ValueError, TypeError) as exc:
+        raise click.ClickException(f"the app's result backend cannot be loaded: {exc}") \
+            from None
+    if not isinstance(backend, AMQPBackend):
+        raise click.UsageError(
+            f"the app's result_backend is {type(backend).__name__} "
+            f"({backend.as_uri() if hasattr(backend, 'as_uri') else '?'}): "
+            f"`celery amqp-results` reads only celery-amqp-results' amqp:// backend")
+    return backend
+
+
+def management_for(backend: AMQPBackend) -> ManagementAPI:
+    """The management API of the backend's broker and vhost (see management.py)."""
+    connection = make_connection(backend.app, backend.url, None, backend.settings.ssl)
+    return management_api(connection, connection.virtual_host or "/",
+                          backend.settings.management_url)
+
+
+def reports_errors(command: F) -> F:
+    """Turn the backend's and the API's errors into one line and an exit code."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (ResultBrokerError, ManagementError) as exc:
+            raise Unavailable(str(exc)) from None
+        except InvalidTaskIdError as exc:
+            raise click.UsageError(str(exc)) from None
+        except InvalidResultError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return run  # type: ignore[return-value]

@@ -1,0 +1,107 @@
+"""How ``watch`` shows progress: a live rich bar on a terminal, plain lines elsewhere.
+
+Both read the same Tally.  The plain display prints a line at most every
+``interval`` seconds (and when the last task finishes), so a log or a pipe gets
+a few readable lines instead of a redrawn bar.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import click
+
+from .tally import Tally, progress_line, seconds
+
+
+class PlainDisplay:
+    """Progress as a line of text now and then."""
+
+    def __init__(self, tally: Tally, interval: float) -> None:
+        self.tally = tally
+        self.interval = interval
+        self._last_at: Optional[float] = None
+        self._last_line = ""
+
+    def start(self) -> None:
+        self._print()
+
+    def update(self) -> None:
+        """Something finished: print if a line is due, or if it was the last one."""
+        if self.tally.pending == 0 or self._due():
+            self._print()
+
+    def tick(self) -> None:
+        """Called about every second while nothing arrives."""
+        if self._due():
+            self._print()
+
+    def stop(self) -> None:
+        """Print the final figures, unless the last line already showed them."""
+        if progress_line(self.tally) != self._last_line:
+            self._print()
+
+    def _due(self) -> bool:
+        return self._last_at is None or self.tally.clock() - self._last_at >= self.interval
+
+    def _print(self) -> None:
+        self._last_at = self.tally.clock()
+        self._last_line = progress_line(self.tally)
+        click.echo(f"[{seconds(self.tally.elapsed)}] {self._last_line}")
+
+
+class RichDisplay:
+    """A live progress bar with counts, rate and ETA (rich, on a terminal)."""
+
+    def __init__(self, tally: Tally, console: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.tally = tally
+        self.progress = Progress(
+            TextColumn("[bold]watching"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/]"
+                       " {task.fields[pending]} pending"),
+            TextColumn("{task.fields[rate]}/s ETA {task.fields[eta]}"),
+            TimeElapsedColumn(),
+            console=console, transient=False)
+        self.task_id = self.progress.add_task(
+            "watching", total=tally.total, completed=tally.done, **self._fields())
+
+    def _fields(self) -> dict:
+        rate = self.tally.rate
+        return {"ok": self.tally.succeeded, "failed": self.tally.failed,
+                "pending": self.tally.pending,
+                "rate": "?" if rate is None else f"{rate:.1f}",
+                "eta": seconds(self.tally.eta)}
+
+    def start(self) -> None:
+        self.progress.start()
+
+    def update(self) -> None:
+        self.progress.update(self.task_id, completed=self.tally.done, **self._fields())
+
+    def tick(self) -> None:
+        self.update()  # rate and ETA move on even when nothing arrives
+
+    def stop(self) -> None:
+        self.update()
+        self.progress.stop()
+
+
+def make_display(tally: Tally, plain: bool, interval: float) -> Any:
+    """A rich bar when stdout is a terminal (and ``plain`` is not asked), else plain lines."""
+    if not plain and sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        if console.is_terminal and not console.is_dumb_terminal:
+            return RichDisplay(tally, console)
+    return PlainDisplay(tally, interval)
