@@ -350,6 +350,31 @@ def test_doctor_counts_queues_and_flags_mismatched_arguments(own_vhost: str) -> 
         app.backend.close()
 
 
+def test_doctor_with_a_management_only_user_says_what_it_could_not_check(
+        own_vhost: str) -> None:
+    user, password = f"car-cli-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    broker.rabbitmqctl("add_user", user, password)
+    try:
+        broker.rabbitmqctl("set_user_tags", user, "management")
+        broker.rabbitmqctl("set_permissions", "-p", own_vhost, user, ".*", ".*", ".*")
+        app = make_app(broker.url_for(own_vhost, user, password))
+        try:
+            app.backend.mark_as_done(str(uuid.uuid4()), 1)
+            out = cli(app, "doctor", "--json")
+        finally:
+            app.backend.close()
+    finally:
+        broker.rabbitmqctl("delete_user", user)
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["counts"]["task_results"] == 1
+    findings = {finding["topic"]: finding for finding in report["findings"]}
+    assert "without the 'monitoring' tag" in findings["broker"]["summary"]
+    assert "without the 'administrator' tag" in findings["queue types"]["summary"]
+    assert findings["arguments"]["level"] == "ok"
+    assert password not in out.output
+
+
 def test_doctor_counts_the_worker_results(tasks: Any, app: Any) -> None:
     before = json.loads(cli(app, "doctor", "--json").output)["counts"]["task_results"]
     finished(tasks)  # two more results, stored by the worker

@@ -131,11 +131,12 @@ class ManagementAPI:
 
     def _http_error(self, code: int, where: str, path: str, what: str) -> ManagementError:
         if code == 401:
-            return ManagementError(
-                f"{where} refused the login (HTTP 401): wrong password, or the user lacks "
-                f"the 'management' or 'monitoring' tag (rabbitmqctl set_user_tags)")
+            return RefusedError(
+                f"{where} refused {path!r} (HTTP 401): a wrong password, or user tags "
+                f"that do not allow it ('management' may list queues, 'monitoring' also "
+                f"read nodes, 'administrator' everything; rabbitmqctl set_user_tags)")
         if code == 403:
-            return ManagementError(
+            return RefusedError(
                 f"{where} refused access to {what or path!r} (HTTP 403): the user needs "
                 f"permissions on vhost {self.vhost!r}")
         if code == 404:
@@ -145,6 +146,14 @@ class ManagementAPI:
 
 class NotFoundError(ManagementError):
     """The API answered 404: no such vhost, or an endpoint this broker version lacks."""
+
+
+class RefusedError(ManagementError):
+    """The API answered 401 or 403: wrong credentials, or a user tag too weak for that path.
+
+    A user tagged ``management`` may list queues but not read nodes, feature flags
+    or vhost records (``monitoring`` or ``administrator`` may).
+    """
 
 
 def management_api(connection: Any, vhost: str, override: Optional[str] = None,

@@ -7,7 +7,7 @@ a few readable lines instead of a redrawn bar.
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import click
 
@@ -21,7 +21,7 @@ class PlainDisplay:
         self.tally = tally
         self.interval = interval
         self._last_at: Optional[float] = None
-        self._last_line = ""
+        self._last_counts: Optional[Tuple[int, int, int]] = None
 
     def start(self) -> None:
         self._print()
@@ -37,17 +37,20 @@ class PlainDisplay:
             self._print()
 
     def stop(self) -> None:
-        """Print the final figures, unless the last line already showed them."""
-        if progress_line(self.tally) != self._last_line:
+        """Print the final counts, unless the last line already showed them."""
+        if self._counts() != self._last_counts:
             self._print()
+
+    def _counts(self) -> Tuple[int, int, int]:
+        return self.tally.succeeded, self.tally.failed, self.tally.pending
 
     def _due(self) -> bool:
         return self._last_at is None or self.tally.clock() - self._last_at >= self.interval
 
     def _print(self) -> None:
         self._last_at = self.tally.clock()
-        self._last_line = progress_line(self.tally)
-        click.echo(f"[{seconds(self.tally.elapsed)}] {self._last_line}")
+        self._last_counts = self._counts()
+        click.echo(f"[{seconds(self.tally.elapsed)}] {progress_line(self.tally)}")
 
 
 class RichDisplay:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import textwrap
 import uuid
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import click
 
 from ..backend import AMQPBackend
 from ..errors import ResultBrokerError
+from ..management import NotFoundError, RefusedError
 from .context import backend_from, management_for, reports_errors
 from .findings import (
     INFO,
@@ -31,6 +32,8 @@ from .findings import (
     worst,
 )
 from .inventory import classify
+
+T = TypeVar("T")
 
 #: Width the text report is wrapped to.
 WIDTH = 100
@@ -49,19 +52,33 @@ def probe(backend: AMQPBackend) -> Optional[str]:
     return None
 
 
+def optional(fetch: Callable[[], T]) -> Optional[T]:
+    """What ``fetch`` returns, or None if the API refuses it to this user or lacks it.
+
+    A user tagged only ``management`` can list queues but not read nodes, feature
+    flags or vhost records; doctor then says what it could not check.
+    """
+    try:
+        return fetch()
+    except (RefusedError, NotFoundError):
+        return None
+
+
 def examine(backend: AMQPBackend) -> Dict[str, Any]:
     """Ask the broker everything doctor looks at and return the findings and counts."""
     api = management_for(backend)
     overview = api.overview()
-    nodes = api.nodes()
+    nodes = optional(api.nodes)
     inventory = classify(backend.names, api.queues(backend.names.prefix, QUEUE_COLUMNS))
+    deprecations = (optional(api.deprecated_features_used)
+                    if version_tuple(overview.get("rabbitmq_version", "")) >= (3, 13)
+                    else None)
     findings: List[Finding] = [
-        check_broker(overview, nodes),
+        check_broker(overview, nodes, api.user),
         check_connection(backend.as_uri(), probe(backend)),
-        check_queue_types(api.feature_flags(), api.vhost_info(), inventory.results),
-        check_transient(inventory, api.deprecated_features_used()
-                        if version_tuple(overview.get("rabbitmq_version", "")) >= (3, 13)
-                        else None),
+        check_queue_types(optional(api.feature_flags), optional(api.vhost_info),
+                          inventory.results, api.user),
+        check_transient(inventory, deprecations),
         check_arguments(inventory.results, backend.topology.queue_arguments),
         check_capacity(inventory, nodes, backend.topology.expires,
                        bool(overview.get("disable_stats"))),

@@ -49,13 +49,19 @@ def version_tuple(text: str) -> Tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text or "")[:3])
 
 
-def check_broker(overview: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]]) -> Finding:
-    """Version, and the alarms that make every store hang."""
+def check_broker(overview: Mapping[str, Any],
+                 nodes: Optional[Sequence[Mapping[str, Any]]], user: str) -> Finding:
+    """Version, and the alarms that make every store hang (None: nodes not readable)."""
     version = overview.get("rabbitmq_version", "?")
     erlang = overview.get("erlang_version", "?")
-    names = ", ".join(str(node.get("name")) for node in nodes) or "?"
-    what = f"RabbitMQ {version} on Erlang {erlang}, {plural(len(nodes), 'node')}: {names}"
-    alarms = [f"{node.get('name')}: {label} alarm" for node in nodes
+    if nodes is None:
+        what = (f"RabbitMQ {version} on Erlang {erlang}, node {overview.get('node', '?')} "
+                f"(memory and disk alarms not checked: user {user!r} may not read nodes "
+                f"without the 'monitoring' tag)")
+    else:
+        names = ", ".join(str(node.get("name")) for node in nodes) or "?"
+        what = f"RabbitMQ {version} on Erlang {erlang}, {plural(len(nodes), 'node')}: {names}"
+    alarms = [f"{node.get('name')}: {label} alarm" for node in nodes or ()
               for key, label in (("mem_alarm", "memory"), ("disk_free_alarm", "disk"))
               if node.get(key)]
     if alarms:
@@ -79,25 +85,34 @@ def check_connection(uri: str, error: Optional[str]) -> Finding:
     return Finding(OK, "connection", f"the result backend {uri} connects and reads")
 
 
-def check_queue_types(flags: Sequence[Mapping[str, Any]], vhost: Mapping[str, Any],
-                      results: Sequence[Queue]) -> Finding:
-    """Quorum queues: available or not, the vhost's default type, and result queue types."""
-    state = {flag.get("name"): flag.get("state") for flag in flags}.get("quorum_queue")
-    available = ("quorum queues available (feature flag enabled)" if state == "enabled"
-                 else f"quorum queues not enabled (feature flag {state or 'absent'})")
+def check_queue_types(flags: Optional[Sequence[Mapping[str, Any]]],
+                      vhost: Optional[Mapping[str, Any]], results: Sequence[Queue],
+                      user: str) -> Finding:
+    """Quorum queues: available or not, the vhost's default type, and result queue types.
+
+    ``flags`` and ``vhost`` are None when the API does not show them to ``user``.
+    """
+    if flags is None:
+        available = (f"quorum queue support not checked (user {user!r} may not read "
+                     f"feature flags without the 'administrator' tag)")
+    else:
+        state = {flag.get("name"): flag.get("state") for flag in flags}.get("quorum_queue")
+        available = ("quorum queues available (feature flag enabled)" if state == "enabled"
+                     else f"quorum queues not enabled (feature flag {state or 'absent'})")
     types = Counter(str(queue.get("type") or "classic") for queue in results)
     odd = {kind: count for kind, count in types.items() if kind != "classic"}
     if odd:
         listed = ", ".join(f"{count} {kind}" for kind, count in sorted(odd.items()))
         return Finding(PROBLEM, "queue types", f"{available}; result queues that are not "
                        f"classic: {listed}",
-                       "Result queues must be classic: a stream refuses basic.get (reads "
-                       "fail) and a quorum queue costs more per result and, from RabbitMQ "
-                       "4.0, drops a message requeued 20 times (every read requeues). Use a "
-                       "vhost whose default queue type is classic and let these expire or "
-                       "forget them.")
-    default = vhost.get("default_queue_type") or "undefined"
-    if default not in ("undefined", "classic"):
+                       "Result queues are meant to be classic: a stream refuses basic.get, "
+                       "so reads fail, and a quorum queue keeps a replicated log for its one "
+                       "state, which costs more per result. Use a vhost whose default queue "
+                       "type is classic, and let these expire or forget them.")
+    default = (vhost or {}).get("default_queue_type") or "undefined"
+    if vhost is None:
+        default = "not readable by this user"
+    elif default not in ("undefined", "classic"):
         return Finding(WARNING, "queue types",
                        f"{available}; vhost {vhost.get('name')!r} has default queue type "
                        f"{default!r}",
@@ -181,7 +196,7 @@ def check_arguments(results: Sequence[Queue], expected: Mapping[str, Any]) -> Fi
         f"(or forget/purge them sooner); otherwise make the setting equal everywhere.")
 
 
-def check_capacity(inventory: Inventory, nodes: Sequence[Mapping[str, Any]],
+def check_capacity(inventory: Inventory, nodes: Optional[Sequence[Mapping[str, Any]]],
                    expires: Optional[float], stats_disabled: bool) -> Finding:
     """How many result queues exist, their memory, and their share of the node's limits."""
     results = inventory.results
@@ -202,8 +217,8 @@ def check_capacity(inventory: Inventory, nodes: Sequence[Mapping[str, Any]],
         mem_text = (f"result queues use {mib(memory)} of queue memory "
                     f"({memory / len(sized) / 1024:.1f} KiB each, {len(sized)} measured)")
     summary = f"{counts}; {mem_text}"
-    proc_total = sum(int(node.get("proc_total") or 0) for node in nodes)
-    mem_limit = sum(int(node.get("mem_limit") or 0) for node in nodes)
+    proc_total = sum(int(node.get("proc_total") or 0) for node in nodes or ())
+    mem_limit = sum(int(node.get("mem_limit") or 0) for node in nodes or ())
     proc_share = len(results) * PROCESSES_PER_QUEUE / proc_total if proc_total else 0.0
     mem_share = memory / mem_limit if mem_limit else 0.0
     if proc_share > WARN_SHARE or mem_share > WARN_SHARE:
