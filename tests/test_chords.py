@@ -400,3 +400,49 @@ def test_last_part_reported_while_another_holds_the_log_is_not_missed(
         assert broker.queue(vhost, body_queue)["messages"] == 1
     finally:
         client.backend.close()
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_result_chord_ordered(url: str, vhost: str, ordered: bool) -> None:
+    """Header order by default; finishing order with result_chord_ordered=False."""
+    import json as jsonlib
+
+    from tests.conftest import make_app
+
+    client = make_app(url, result_backend_transport_options={"result_chord_ordered": ordered})
+    body_queue = f"chord-bodies-{uuid.uuid4().hex[:8]}"
+    try:
+        group_id, body = _chord_by_hand(client, 4, body_queue)
+        for index in (2, 0, 3, 1):  # the order the header tasks finish in
+            client.backend.on_chord_part_return(
+                _Part(group_id, index, body), "SUCCESS", f"value-{index}")
+        with broker.RawBroker(vhost) as raw:
+            message = raw.peek(body_queue)
+        args, _, _ = jsonlib.loads(message.body)
+        expected = [0, 1, 2, 3] if ordered else [2, 0, 3, 1]
+        assert args == [[f"value-{i}" for i in expected]]
+    finally:
+        client.backend.close()
+
+
+def test_chain_as_chord_body(t: Any) -> None:
+    result = chord([t.add.s(1, 1), t.add.s(2, 2)], chain(t.collect.s(), t.collect.s()))
+    assert result.apply_async().get(timeout=30) == [2, 4]
+
+
+def test_generator_header(t: Any) -> None:
+    header = (t.add.s(i, i) for i in range(5))
+    assert chord(header, t.collect.s()).apply_async().get(timeout=30) == [0, 2, 4, 6, 8]
+
+
+def test_chord_as_chord_body(t: Any) -> None:
+    # The inner header gets the previous step's value unless immutable (.si).
+    inner = chord([t.add.si(10, 10), t.add.si(20, 20)], t.collect.s())
+    outer = chord([t.add.s(1, 1), t.add.s(2, 2)], chain(t.collect.s(), inner))
+    assert outer.apply_async().get(timeout=30) == [20, 40]
+
+
+def test_chain_of_chords(t: Any) -> None:
+    workflow = chain(chord([t.add.s(1, 1), t.add.s(2, 2)], t.collect.s()),
+                     chord([t.add.si(3, 3)], t.collect.s()))
+    assert workflow.apply_async().get(timeout=30) == [6]
