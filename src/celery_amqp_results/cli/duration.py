@@ -27,12 +27,16 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(delta: timedelta) -> str:
-    """A duration the way ``parse_duration`` reads it, largest units first (``1h30m``)."""
+    """A duration the way ``parse_duration`` reads it, days down to seconds (``1h30m``).
+
+    Weeks are written as days: ``7d`` reads back as ``7d``, not ``1w``.
+    """
     left = round(delta.total_seconds())
     if left <= 0:
         return "0s"
     parts = []
-    for unit, size in sorted(UNITS.items(), key=lambda item: -item[1]):
+    for unit in ("d", "h", "m", "s"):
+        size = UNITS[unit]
         count, left = divmod(left, size)
         if count:
             parts.append(f"{count}{unit}")

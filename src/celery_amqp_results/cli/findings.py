@@ -236,8 +236,9 @@ def check_capacity(inventory: Inventory, nodes: Optional[Sequence[Mapping[str, A
             "regularly: every result kept is a queue on the broker.")
     if empty:
         return Finding(INFO, "capacity", summary,
-                       f"The {empty} empty result queues hold no state any more (it expired); "
-                       f"each goes away by itself result_expires after its last read.")
+                       f"Empty result queues ({empty}) hold no state (it expired, or "
+                       f"none was stored yet, or the statistics lag); an empty queue goes "
+                       f"away by itself result_expires after its last use.")
     return Finding(INFO, "capacity", summary)
 
 
