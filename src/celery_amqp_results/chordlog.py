@@ -146,19 +146,16 @@ class ChordLog:
 
         return self.store.run(count)
 
-    def remove(self, group_id: str, channel: Any = None) -> None:
-        """Delete both queues of the chord (no error if they are gone)."""
-        names = (self.names.chord_queue(group_id), self.names.chord_size_queue(group_id))
+    def remove(self, group_id: str, channel: Any) -> None:
+        """Delete both queues of the chord, on the holder's ``channel``.
 
-        def operation(channel: Any) -> None:
-            for name in names:
-                channel.queue_delete(queue=name)
-
-        if channel is not None:
-            operation(channel)
-        else:
-            self.store.run(operation)
+        The deletes are sent without waiting for the broker's answers: the body
+        is out already, and the channel's close, which follows, is answered
+        only after them.
+        """
         self._sizes.pop(group_id, None)
+        for name in (self.names.chord_queue(group_id), self.names.chord_size_queue(group_id)):
+            channel.queue_delete(queue=name, nowait=True)
 
     # -- reading ----------------------------------------------------------------------
 
