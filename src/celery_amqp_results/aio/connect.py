@@ -122,11 +122,18 @@ def _refuse_unknown(opts: Mapping[str, Any], known: set) -> None:
 
 
 def describe_failure(address: Address, exc: BaseException) -> ResultBrokerError:
-    """A ResultBrokerError naming the broker and the cause; retryable unless it cannot help."""
-    final = isinstance(exc, (aiormq.exceptions.AuthenticationError,
-                             aiormq.exceptions.ProbableAuthenticationError,
-                             aiormq.exceptions.InvalidFrameError, ssl.SSLError, ValueError))
-    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+    """A ResultBrokerError naming the broker and the cause.
+
+    Retryable only for what may pass: a broker that is down, unreachable, slow
+    to answer or that dropped the connection.  A refused login, an unknown vhost,
+    a TLS failure or anything unexpected raise at once.
+    """
+    refused_vhost = "Connection.Close" in str(exc) and "Connection.OpenOk" in str(exc)
+    final = refused_vhost or isinstance(exc, (
+        aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError,
+        ssl.SSLError, ValueError)) or not isinstance(exc, (
+            OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError))
+    if refused_vhost:
         # aiormq drops the broker's reply text here; the broker closes the connection
         # at Connection.Open only for a vhost it does not have or the user may not use.
         reason = (f"the broker refused to open vhost {address.vhost!r} (no such vhost, "
@@ -154,7 +161,9 @@ async def connect(address: Address, name: str) -> aio_pika.abc.AbstractConnectio
             ssl=context is not None, ssl_context=context,
             timeout=address.connect_timeout,
             client_properties={"connection_name": name})
-    except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError) as exc:
+    except Exception as exc:
+        # aiormq 6 and 7 raise different types for the same failure (an unknown vhost
+        # is pamqp's AMQPInternalError in one and InvalidFrameError in the other).
         error = describe_failure(address, exc)
         # The cause is kept for tracebacks only if it cannot show the password.
         safe = not address.password or address.password not in repr(exc) + str(exc)

@@ -16,7 +16,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from ..read import FIRST_PAUSE, LONGEST_PAUSE
-from .background import shielded
+from .background import retrieve, shielded
 
 #: How many peeks run at once on one connection (one channel each).
 DEFAULT_CHANNELS = 16
@@ -107,6 +107,11 @@ class Peeker:
             except ValueError:
                 continue  # aiormq still holds this number: try the next one
             self._in_use.add(number)
+            # aiormq 6 (aio-pika 9) stores the broker's close of this channel (a missing
+            # queue) in a future nobody awaits, and asyncio logs it as unretrieved.
+            closing = getattr(await channel.get_underlay_channel(), "closing", None)
+            if isinstance(closing, asyncio.Future):
+                closing.add_done_callback(retrieve)
             return channel
         raise RuntimeError("no free channel number on the result broker connection")
 
