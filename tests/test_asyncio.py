@@ -421,6 +421,21 @@ def test_close_ends_running_waits_and_later_calls(app) -> None:
     run(main())
 
 
+def test_one_instance_belongs_to_one_event_loop(app) -> None:
+    results = AsyncResults(app)
+
+    async def use() -> Dict[str, Any]:
+        return await results.get_meta(new_id())
+
+    async def first_loop() -> None:
+        await use()
+        await results.close()
+
+    run(first_loop())
+    with pytest.raises(RuntimeError, match="another event loop"):
+        run(use())
+
+
 # -- bad input and broker errors --------------------------------------------------------
 
 
