@@ -400,6 +400,10 @@ def test_a_lost_connection_is_reopened_and_the_wait_goes_on(app, writer, vhost) 
             await in_thread(lambda: writer.mark_as_done(task_id, "after reconnect"))
             value = await waiting
             assert results._hub._link is not first
+            # And a plain read after another loss reconnects too.
+            pid = connection_of(vhost, results._hub.queue_name)
+            await in_thread(lambda: broker.rabbitmqctl("close_connection", pid, "test"))
+            assert (await results.get_meta(task_id))["result"] == "after reconnect"
             return value
 
     assert run(main()) == "after reconnect"

@@ -58,7 +58,7 @@ class Hub:
         """
         self._check_loop()
         link = self._link
-        if link is not None and link.lost is None:
+        if link is not None and not link.is_lost():
             return link
         opening = self._opening
         if opening is None or opening.done():

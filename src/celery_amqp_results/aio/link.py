@@ -93,7 +93,7 @@ class Link:
 
         Await it through ``asyncio.shield``: the binds it waits for are shared.
         """
-        if self.lost is not None:
+        if self.is_lost():
             raise LinkLost(f"result broker connection lost: {self.lost}")
         loop = asyncio.get_running_loop()
         waits = []
@@ -159,6 +159,16 @@ class Link:
                 future.set_result(None)
 
     # -- lifetime ------------------------------------------------------------------------
+
+    def is_lost(self) -> bool:
+        """True once the link is lost (or closed); waiters must then arm on a new one.
+
+        Also notices a connection that is closed before its close callback ran, so
+        an error seen on it is never mistaken for one on a healthy link.
+        """
+        if self.lost is None and self.connection.is_closed and not self._closing:
+            self._break(LinkLost("the result broker connection is closed"))
+        return self.lost is not None
 
     def _closed(self, sender: Any = None, exc: Optional[BaseException] = None,
                 *args: Any) -> None:

@@ -20,6 +20,9 @@ from .wait import Wait
 
 Meta = Dict[str, Any]
 
+#: How many connections a single get_meta tries when each is lost under its peek.
+READ_ATTEMPTS = 3
+
 
 class AsyncResults:
     """asyncio access to the results of a Celery app that uses this package's backend.
@@ -51,8 +54,16 @@ class AsyncResults:
         One peek: the state stays stored for every other reader.
         """
         queue_name = self._names.task_queue(task_id)
-        link = await self._hub.link()
-        message = await link.peeker.peek(queue_name)
+        for attempt in range(READ_ATTEMPTS):
+            link = await self._hub.link()
+            try:
+                message = await link.peeker.peek(queue_name)
+                break
+            except Exception:
+                if not link.is_lost() or attempt == READ_ATTEMPTS - 1:
+                    raise
+                # The connection went away under the peek: read again on a new one
+                # (the hub reconnects by the retry policy, and gives up by it too).
         if message is None:
             return {"status": states.PENDING, "result": None}
         return self._decode(task_id, message)

@@ -79,13 +79,13 @@ class Wait:
                     await self._check()
                     continue
                 left = self._left()
-                if self._link is None or self._link.lost is not None:
+                if self._link is None or self._link.is_lost():
                     await self._arm()
                     continue
             except (TimeoutError, HubClosed):
                 raise
             except Exception as exc:
-                if self._used is not None and self._used.lost is not None and not (
+                if self._used is not None and self._used.is_lost() and not (
                         isinstance(exc, ResultBrokerError) and not exc.retryable):
                     continue  # the connection went away meanwhile: arm again on a new one
                 raise
