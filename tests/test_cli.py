@@ -400,6 +400,19 @@ def test_unreachable_management_api_is_one_clear_line(url: str) -> None:
         app.backend.close()
 
 
+def test_unreachable_broker_is_one_clear_line() -> None:
+    app = make_app("amqp://guest:s3cret@127.0.0.1:1/nowhere")  # nothing listens on port 1
+    try:
+        for command in (["peek", "x"], ["watch", "x"], ["forget", "x"]):
+            out = cli(app, *command)
+            assert out.exit_code == 69, out.output
+            assert out.output.strip().splitlines() == [
+                "Error: cannot use the result broker at 127.0.0.1:1 vhost 'nowhere' as user "
+                "'guest': [Errno 111] Connection refused"], out.output
+    finally:
+        app.backend.close()
+
+
 def test_a_non_amqp_backend_is_refused() -> None:
     app = make_app("memory://", result_backend="cache+memory://")
     out = cli(app, "peek", "x")

@@ -7,7 +7,7 @@ management API cannot be used, 2 for bad input, 1 for anything else.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Dict, TypeVar
 
 import click
 from celery.exceptions import ImproperlyConfigured
@@ -19,6 +19,11 @@ from ..errors import InvalidResultError, InvalidTaskIdError, ResultBrokerError
 from ..management import ManagementAPI, ManagementError, management_api
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: A person at a terminal wants an answer: an unreachable broker is reported after
+#: about two seconds, not after the twenty tries (~19 s) a worker's store makes.
+COMMAND_RETRY_POLICY: Dict[str, Any] = {
+    "max_retries": 2, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1}
 
 
 class Unavailable(click.ClickException):
@@ -43,7 +48,16 @@ def backend_from(ctx: click.Context) -> AMQPBackend:
             f"the app's result_backend is {type(backend).__name__} "
             f"({backend.as_uri() if hasattr(backend, 'as_uri') else '?'}): "
             f"`celery amqp-results` reads only celery-amqp-results' amqp:// backend")
+    # Each backend has its own copy of the policy; this one serves this command only.
+    backend.retry_policy.update(COMMAND_RETRY_POLICY)
+    backend.always_retry = False  # result_backend_always_retry would retry for ever
     return backend
+
+
+def patient(backend: AMQPBackend) -> None:
+    """Give the backend its usual retry policy back, for a long wait that should ride out
+    a broker restart (``watch``, once the broker has answered)."""
+    backend.retry_policy.update(type(backend).retry_policy)
 
 
 def management_for(backend: AMQPBackend) -> ManagementAPI:

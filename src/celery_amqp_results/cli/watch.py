@@ -14,7 +14,7 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from ..backend import AMQPBackend
-from .context import backend_from, reports_errors
+from .context import backend_from, patient, reports_errors
 from .display import make_display
 from .peek import member_ids
 from .tally import Tally, seconds
@@ -122,6 +122,7 @@ def watch(ctx: click.Context, ids: Tuple[str, ...], timeout: Optional[float],
     for task_id, meta in backend.get_many(task_ids, max_iterations=1):
         tally.add(task_id, meta)
     tally.begin()
+    patient(backend)  # the broker answered; a long wait may ride out its restart
     display = make_display(tally, plain, interval)
     display.start()
     outcome = "done"
