@@ -24,6 +24,7 @@ from aio_pika.abc import (
 )
 
 from ..topology import Topology
+from .background import retrieve
 from .peek import WAITER_CHANNEL, Peeker
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,9 @@ class Link:
                 self._bound[task_id] = future
                 self._queue_op("bind", task_id, future)
             waits.append(self._bound[task_id])
-        return asyncio.gather(*waits)
+        everything = asyncio.gather(*waits)
+        everything.add_done_callback(retrieve)  # its waiter may have timed out meanwhile
+        return everything
 
     def release(self, task_ids: Iterable[str]) -> None:
         """Count one waiter less for each id; unbind those nobody waits for any more.
