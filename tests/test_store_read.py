@@ -311,3 +311,17 @@ def test_failover_url_list_reaches_the_live_host(vhost) -> None:
         assert app.backend.get_task_meta(task_id, cache=False)["result"] == "via failover"
     finally:
         app.backend.close()
+
+
+@pytest.mark.timeout(60)
+def test_regression_store_after_reading_an_unknown_id(app) -> None:
+    """A 404 on a peek makes the broker close the pooled channel and py-amqp reopen it;
+    py-amqp 5.3 then forgot to select confirms again, and the next store waited for a
+    confirm for ever (Celery 5.3's stack: a chord applied after a result.get() hung)."""
+    backend = app.backend
+    backend.mark_as_done(new_id(), "first")
+    for _ in range(3):
+        assert backend.get_task_meta(new_id(), cache=False)["status"] == states.PENDING
+        task_id = new_id()
+        backend.mark_as_done(task_id, "after a 404")
+        assert backend.get_task_meta(task_id, cache=False)["result"] == "after a 404"

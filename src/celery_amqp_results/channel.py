@@ -17,6 +17,17 @@ def nack_requeue(channel: Any, delivery_tag: int) -> None:
     channel.send_method(spec.Basic.Nack, "Lbb", (delivery_tag, False, True))
 
 
+def revived(channel: Any) -> None:
+    """Note that the broker closed ``channel`` and py-amqp reopened it (a 404, a 406).
+
+    The reopened channel is no longer in confirm mode.  py-amqp 5.4 knows it and
+    selects confirms again on the next publish; py-amqp 5.3 (what Celery 5.3 ships
+    with) does not, and that publish then waits for a confirm that never comes.
+    """
+    if hasattr(channel, "_confirm_selected"):
+        channel._confirm_selected = False
+
+
 def returns_of(channel: Any) -> List[str]:
     """The list that collects routing keys of messages the broker returned on ``channel``.
 

@@ -26,6 +26,7 @@ from amqp.exceptions import AccessRefused, NotFound
 from kombu.serialization import dumps, loads
 from kombu.utils.functional import LRUCache
 
+from .channel import revived
 from .naming import Names
 from .read import peek
 from .store import Store
@@ -72,6 +73,7 @@ class Holding:
             try:
                 return int(channel.queue_declare(queue=name, passive=True)[1])
             except NotFound:
+                revived(channel)
                 return 0
 
         return self._log.store.run(count)
@@ -142,6 +144,7 @@ class ChordLog:
             try:
                 return int(channel.queue_declare(queue=log.name, passive=True)[1])
             except NotFound:  # deleted since: the chord fired or was forgotten
+                revived(channel)
                 return None
 
         return self.store.run(count)

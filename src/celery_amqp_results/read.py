@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from amqp.exceptions import NotFound
 
-from .channel import nack_requeue
+from .channel import nack_requeue, revived
 
 #: First and longest pause, in seconds, between reads of a queue found empty.
 FIRST_PAUSE = 0.0005
@@ -30,6 +30,7 @@ def peek(channel: Any, queue_name: str, grace: float) -> Optional[Any]:
             message = channel.basic_get(queue=queue_name, no_ack=False)
         except NotFound:
             # py-amqp has already reopened the channel the broker closed.
+            revived(channel)
             return None
         if message is not None:
             nack_requeue(channel, message.delivery_info["delivery_tag"])

@@ -11,7 +11,7 @@ from amqp.exceptions import PreconditionFailed
 from kombu.common import maybe_declare
 from kombu.utils.functional import LRUCache, fxrange
 
-from .channel import returns_of
+from .channel import returns_of, revived
 from .connection import ConnectionPool, broker_error, failures
 from .errors import ResultStoreError
 from .topology import NoCacheQueue, Topology
@@ -155,6 +155,7 @@ class Store:
         try:
             queue.queue_declare(channel=channel)
         except PreconditionFailed as exc:
+            revived(channel)
             # py-amqp has reopened the channel.  The queue exists, so the state
             # can still be stored in it: store it and say loudly what differs.
             logger.error(self.topology.explain_mismatch(
