@@ -143,9 +143,9 @@ fi
 # -- 4. this package and its test tools ------------------------------------------------------
 STAMP="$VENV/.installed"
 
-# True when the venv has this very checkout installed editable, and pytest and ruff.
+# True when the venv has this very checkout installed editable, and pytest, ruff and mypy.
 installed_here() {
-    [ -x "$VENV/bin/pytest" ] && [ -x "$VENV/bin/ruff" ] || return 1
+    [ -x "$VENV/bin/pytest" ] && [ -x "$VENV/bin/ruff" ] && [ -x "$VENV/bin/mypy" ] || return 1
     "$VENV/bin/python" - "$ROOT" <<'PY' >/dev/null 2>&1
 import json, sys
 from importlib import metadata
@@ -171,7 +171,7 @@ else
         die "pip install failed (output above)"
     fi
     rm -f "$log"
-    installed_here || die "pip install finished but the package, pytest or ruff is missing from $VENV"
+    installed_here || die "pip install finished but the package, pytest, ruff or mypy is missing from $VENV"
     touch "$STAMP"
     say "deps: installed"
 fi

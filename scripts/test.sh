@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Bootstrap (RabbitMQ + venv), then lint (ruff) and test (pytest) from the repo root.
+# Bootstrap (RabbitMQ + venv), then lint (ruff), type-check (mypy) and test (pytest)
+# from the repo root.
 # Extra arguments go to pytest, e.g.  scripts/test.sh -k waiter -x
-# Both steps always run; the exit status is non-zero if either failed.
+# Every step always runs; the exit status is non-zero if any failed.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -11,6 +12,9 @@ bash "$ROOT/scripts/bootstrap.sh"
 status=0
 echo "test: ruff check src tests"
 "$VENV/bin/ruff" check src tests || status=$?
+
+echo "test: mypy src/celery_amqp_results"
+"$VENV/bin/mypy" src/celery_amqp_results || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 
 echo "test: pytest -q $*"
 "$VENV/bin/python" -m pytest -q "$@" || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
