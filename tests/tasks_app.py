@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from celery import Celery
 
@@ -90,8 +91,13 @@ def log_run(values: list, path: str) -> list:
 
 
 @app.task
-def log_error(task_id: str, path: str) -> str:
-    """An old-style errback (called as a task with the failed task's id)."""
+def log_error(request: Any, *exc_info: Any, path: str) -> str:
+    """An errback that appends the failed task's id to ``path``.
+
+    Celery calls it with ``(request, exc, traceback)`` (its varargs make every
+    Celery 5 version see it as a new-style errback, run in the worker).
+    """
+    task_id = str(getattr(request, "id", request))
     with open(path, "a") as handle:
         handle.write(f"{task_id}\n")
     return task_id

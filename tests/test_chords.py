@@ -92,7 +92,7 @@ def test_single_task_header_and_empty_header(t: Any) -> None:
 def test_failing_header_task_fails_the_chord_and_runs_link_error(t: Any, tmp_path: Path) -> None:
     errors = tmp_path / "errors.log"
     header = [t.add.s(1, 1), t.fail.s("header broke"), t.add.s(2, 2)]
-    body = t.collect.s().on_error(t.log_error.s(str(errors)))
+    body = t.collect.s().on_error(t.log_error.s(path=str(errors)))
     result = chord(header, body).apply_async()
     # result.get() would raise the header task's own ValueError first: Celery
     # checks a result's parents.  The body's result holds the ChordError.
