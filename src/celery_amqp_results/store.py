@@ -120,8 +120,12 @@ class Store:
         queue_name = str(queue.name)
         try:
             if create and queue_name not in self._declared:
-                self._declare(channel, queue)
-            if self._publish_stored(channel, queue_name, body, properties):
+                # The declaration goes out without waiting for its answer: the
+                # publish behind it on the same channel is routed only after the
+                # broker has created the queue, and its confirm answers for both.
+                if self._declare_and_publish(channel, queue, body, properties):
+                    return True
+            elif self._publish_stored(channel, queue_name, body, properties):
                 return True
             if not create:
                 return False
@@ -138,6 +142,22 @@ class Store:
             f"the broker returned the {state} state of task {task_id!r} as "
             f"unroutable twice: queue {queue_name!r} vanished right after "
             f"being declared", task_id=task_id, state=state)
+
+    def _declare_and_publish(self, channel: Any, queue: NoCacheQueue, body: bytes,
+                             properties: Dict[str, Any]) -> bool:
+        """Declare ``queue`` (no wait) and publish into it: one round trip, not two."""
+        queue_name = str(queue.name)
+        try:
+            queue.queue_declare(nowait=True, channel=channel)
+            self._declared[queue_name] = True
+            return self._publish_stored(channel, queue_name, body, properties)
+        except PreconditionFailed as exc:
+            # The declaration clashed with the existing queue's arguments: the
+            # broker closed the channel (dropping the publish behind it) and
+            # py-amqp reopened it.  The queue exists: store into it and say so.
+            revived(channel)
+            self._mismatch(queue, exc)
+            return self._publish_stored(channel, queue_name, body, properties)
 
     def delete(self, queue_name: str) -> None:
         """Delete a stored result for everyone (no error if it is already gone)."""
@@ -158,9 +178,13 @@ class Store:
             revived(channel)
             # py-amqp has reopened the channel.  The queue exists, so the state
             # can still be stored in it: store it and say loudly what differs.
-            logger.error(self.topology.explain_mismatch(
-                queue_name, str(exc), getattr(queue, "queue_arguments", None)))
+            self._mismatch(queue, exc)
         self._declared[queue_name] = True
+
+    def _mismatch(self, queue: NoCacheQueue, exc: Exception) -> None:
+        self._declared[str(queue.name)] = True
+        logger.error(self.topology.explain_mismatch(
+            str(queue.name), str(exc), getattr(queue, "queue_arguments", None)))
 
     def _publish_stored(self, channel: Any, queue_name: str, body: bytes,
                         properties: Dict[str, Any]) -> bool:
