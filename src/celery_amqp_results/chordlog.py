@@ -184,8 +184,10 @@ class ChordLog:
     def take(self, group_id: str, expected: int) -> Optional[Holding]:
         """Take the log exclusively and receive its messages; None if another process has it.
 
-        ``expected`` is how many messages the log held a moment ago: the holder
-        waits for at least that many (or for the queue's own count, if higher).
+        ``expected`` is how many messages the log held a moment ago.  Messages
+        leave the log only with the log itself, and a previous holder's messages
+        are back in it before RabbitMQ lets another exclusive consumer in, so at
+        least that many arrive.  A new channel has no prefetch limit: they all do.
         """
         name = self.names.chord_queue(group_id)
         pool_conn = self.store.pool.acquire()
@@ -199,8 +201,6 @@ class ChordLog:
         cancelled: List[str] = []
         try:
             try:
-                _, ready, _ = channel.queue_declare(queue=name, passive=True)
-                channel.basic_qos(0, 0, False)  # no prefetch limit: every message at once
                 channel.basic_consume(queue=name, exclusive=True, callback=messages.append,
                                       on_cancel=cancelled.append)
             except (AccessRefused, NotFound):
@@ -209,16 +209,12 @@ class ChordLog:
                 channel.close()
                 pool_conn.release()
                 return None
-            wanted = max(int(ready), expected)
             deadline = time.monotonic() + COLLECT_TIMEOUT
-            while len(messages) < wanted and not cancelled and time.monotonic() < deadline:
+            while len(messages) < expected and not cancelled and time.monotonic() < deadline:
                 try:
-                    pool_conn.drain_events(timeout=0.05)
+                    pool_conn.drain_events(timeout=0.1)
                 except socket.timeout:
-                    # Fewer than expected: parts were counted before a previous
-                    # holder let go.  What is ready has been delivered by now.
-                    if len(messages) >= int(ready):
-                        break
+                    pass
         except Exception:
             try:
                 channel.close()
