@@ -31,7 +31,7 @@ from .errors import (
 )
 from .naming import Names
 from .read import peek
-from .settings import Settings
+from .settings import Settings, read_topology
 from .store import Store
 from .topology import NoCacheQueue, Topology
 from .waiter import Waiter, drain
@@ -66,6 +66,13 @@ class AMQPBackend(BaseBackend):
         "interval_step": 1,
         "interval_max": 1,
     }
+
+    def __new__(cls, app: Any, *args: Any, **kwargs: Any) -> AMQPBackend:
+        """With ``amqp_results_topology = "celery4"``, a Celery4Backend (celery4/)."""
+        if cls is AMQPBackend and read_topology(app.conf) == "celery4":
+            from .celery4.backend import Celery4Backend
+            cls = Celery4Backend
+        return super().__new__(cls)
 
     def __init__(self, app: Any, connection: Optional[kombu.Connection] = None,
                  exchange: Optional[str] = None, exchange_type: Optional[str] = None,

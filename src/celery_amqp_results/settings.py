@@ -25,6 +25,26 @@ DEFAULT_MAX_RESULT_SIZE = 128 * 1024 * 1024
 #: Schemes a management API URL (``amqp_results_management_url``) may have.
 MANAGEMENT_SCHEMES = ("http://", "https://")
 
+#: Values of ``amqp_results_topology``: this package's own topology (newest state
+#: only, reads never destroy) or Celery 4.4's, for rolling migrations from a
+#: Celery 4 fleet (docs/migrating-from-celery4.md).
+TOPOLOGIES = ("default", "celery4")
+
+
+def read_topology(conf: Mapping[str, Any]) -> str:
+    """``amqp_results_topology`` from a Celery configuration; a clear error if unknown.
+
+    Read on its own too: the backend picks its class from it before anything else.
+    """
+    topology = conf.get("amqp_results_topology")
+    if topology is None:
+        return "default"
+    if topology not in TOPOLOGIES:
+        raise ValueError(
+            f"amqp_results_topology must be one of {', '.join(map(repr, TOPOLOGIES))}, "
+            f"got {topology!r}")
+    return str(topology)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -37,6 +57,8 @@ class Settings:
     #: RabbitMQ management API root for ``celery amqp-results`` (None: derived
     #: from the result backend URL, same host, port 15672).
     management_url: Optional[str] = None
+    #: ``amqp_results_topology``: "default", or "celery4" for Celery 4.4's wire format.
+    topology: str = "default"
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> Settings:
@@ -70,4 +92,5 @@ class Settings:
                 f"RabbitMQ's management API, such as http://rabbit:15672/; got a "
                 f"{type(management_url).__name__} that is not one")
         return cls(queue_prefix=prefix, peek_grace=grace, ssl=use_ssl,
-                   max_result_size=size, management_url=management_url)
+                   max_result_size=size, management_url=management_url,
+                   topology=read_topology(conf))
