@@ -181,6 +181,19 @@ class AMQPBackend(BaseBackend):
             return {"status": states.PENDING, "result": None}
         return self._rebuild(task_id, meta)
 
+    @property
+    def connection_template(self) -> kombu.Connection:
+        """The kombu Connection (URL, TLS, failover hosts) backend connections are cloned from."""
+        return self._template
+
+    def rebuild_meta(self, task_id: str, meta: Meta) -> Meta:
+        """A decoded state with its exception rebuilt, as ``AsyncResult`` shows it.
+
+        Raises UnsafeResultError (a SecurityError naming the task) for a failure
+        type Celery refuses to rebuild.
+        """
+        return self._rebuild(task_id, meta)
+
     def _rebuild(self, task_id: str, meta: Meta) -> Meta:
         """Celery's ``meta_from_decoded`` (exceptions rebuilt), with errors naming the task."""
         try:

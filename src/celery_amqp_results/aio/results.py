@@ -43,7 +43,7 @@ class AsyncResults:
                 f"{type(backend).__module__}.{type(backend).__qualname__}")
         self.backend = backend
         self._names = backend.names
-        self._hub = Hub(addresses(backend._template), backend.topology,
+        self._hub = Hub(addresses(backend.connection_template), backend.topology,
                         backend.settings.peek_grace, backend.retry_policy)
 
     # -- reading -------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class AsyncResults:
         meta = decode_state(task_id, self._names.task_queue(task_id), message.body,
                             message.content_type, message.content_encoding,
                             self.backend.accept)
-        return self.backend._rebuild(task_id, meta)
+        return self.backend.rebuild_meta(task_id, meta)
 
     # -- lifetime ------------------------------------------------------------------------
 
