@@ -1,12 +1,14 @@
 """Fixtures: a fresh vhost per test run, apps on it, and a real Celery worker."""
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from celery import Celery
@@ -47,36 +49,50 @@ def backend(app: Celery):
     return app.backend
 
 
-@pytest.fixture(scope="session")
-def worker(url: str) -> Iterator[subprocess.Popen]:
-    """A real Celery worker (prefork, 2 processes) running tests/tasks_app.py."""
-    os.environ["CAR_TEST_URL"] = url  # before tests.tasks_app is imported here
+@contextlib.contextmanager
+def running_worker(module: str, url: str, log_name: str, *args: str,
+                   node_prefix: str = "car-test") -> Iterator[Any]:
+    """A real Celery worker for ``module`` (its ``app``), answering ping, stopped at the end.
+
+    Yields the module's app, imported in this process after CAR_TEST_URL was set.
+    The ping goes to this worker's own node name: other workers may share the vhost.
+    """
+    os.environ["CAR_TEST_URL"] = url  # before the tasks module is imported here
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    log = open(ROOT / ".pytest_cache" / "worker.log", "w") if (ROOT / ".pytest_cache").is_dir() \
-        else subprocess.DEVNULL
+    cache = ROOT / ".pytest_cache"
+    log: Any = open(cache / log_name, "w") if cache.is_dir() else subprocess.DEVNULL
+    node = f"{node_prefix}-{os.getpid()}@localhost"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.tasks_app", "worker", "--pool=prefork",
-         "--concurrency=2", "--loglevel=INFO", "--without-gossip", "--without-mingle",
-         "--without-heartbeat", "-n", f"car-test-{os.getpid()}@%h"],
+        [sys.executable, "-m", "celery", "-A", module, "worker", "--loglevel=INFO",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", node, *args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    from tests.tasks_app import app as tasks
-    assert tasks.conf.broker_url == url
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}")
-        try:
-            if tasks.control.ping(timeout=0.5):
-                break
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            proc.terminate()
-            raise RuntimeError("worker did not answer ping within 60 s")
-    yield proc
-    proc.terminate()
+    tasks = importlib.import_module(module).app
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        assert tasks.conf.broker_url == url
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker {node} exited with {proc.returncode}")
+            try:
+                if tasks.control.ping(destination=[node], timeout=0.5):
+                    break
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker {node} did not answer ping within 60 s")
+        yield tasks
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(url: str) -> Iterator[Any]:
+    """A real Celery worker (prefork, 2 processes) running tests/tasks_app.py."""
+    with running_worker("tests.tasks_app", url, "worker.log",
+                        "--pool=prefork", "--concurrency=2") as tasks:
+        yield tasks

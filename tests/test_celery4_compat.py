@@ -29,7 +29,7 @@ from celery_amqp_results.celery4.topology import Celery4Topology
 from celery_amqp_results.settings import Settings
 from tests import broker
 from tests.broker import HOST, PORT, RawBroker
-from tests.conftest import ROOT, make_app
+from tests.conftest import ROOT, make_app, running_worker
 
 EXCHANGE = "celeryresults"
 DAY_MS = 24 * 3600 * 1000
@@ -385,37 +385,10 @@ def test_wire_layout_follows_the_settings_as_celery_4_did() -> None:
 @pytest.fixture(scope="module")
 def compat_worker(url: str) -> Iterator[Celery]:
     """A real prefork worker running tests/tasks_celery4.py, consuming COMPAT_QUEUE only."""
-    os.environ["CAR_TEST_URL"] = url  # before tests.tasks_celery4 is imported here
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cache = ROOT / ".pytest_cache"
-    log: Any = open(cache / "celery4-worker.log", "w") if cache.is_dir() else subprocess.DEVNULL
-    node = f"car-celery4-{os.getpid()}@localhost"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.tasks_celery4", "worker",
-         "--pool=prefork", "--concurrency=1", "--loglevel=INFO", "--without-gossip",
-         "--without-mingle", "--without-heartbeat", "-Q", COMPAT_QUEUE, "-n", node],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    from tests.tasks_celery4 import app as tasks
-    assert tasks.conf.broker_url == url
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Celery 4 topology worker exited with {proc.returncode}")
-        try:
-            if tasks.control.ping(destination=[node], timeout=0.5):
-                break
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            proc.terminate()
-            raise RuntimeError("Celery 4 topology worker did not answer ping within 60 s")
-    yield tasks
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with running_worker("tests.tasks_celery4", url, "celery4-worker.log", "--pool=prefork",
+                        "--concurrency=1", "-Q", COMPAT_QUEUE,
+                        node_prefix="car-celery4") as tasks:
+        yield tasks
 
 
 def send(app: Celery, name: str, *args: Any) -> Any:

@@ -9,21 +9,14 @@ drop the history of intermediate states.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Dict, List, Optional
 
-from amqp.exceptions import NotFound
-
-from ..channel import nack_requeue, revived
+from ..channel import nack_requeue
+from ..read import within_grace
 
 Meta = Dict[str, Any]
 #: Decodes a raw message of a task id found in a queue into its state.
 Decoder = Callable[[str, Any, str], Meta]
-
-#: First and longest pause, in seconds, between reads of a queue found empty.
-FIRST_PAUSE = 0.0005
-LONGEST_PAUSE = 0.005
-
 
 def newest_state(channel: Any, name: str, task_id: str, decode: Decoder,
                  grace: float) -> Optional[Meta]:
@@ -34,24 +27,8 @@ def newest_state(channel: Any, name: str, task_id: str, decode: Decoder,
     messages for an instant.  (A Celery 4 reader declares the queue of a task it
     polls, so this grace is also what a poll of such a pending task costs.)
     """
-    deadline: Optional[float] = None
-    pause = FIRST_PAUSE
-    while True:
-        try:
-            message = _fast_forward(channel, name, task_id)
-        except NotFound:
-            # py-amqp has already reopened the channel the broker closed.
-            revived(channel)
-            return None
-        if message is not None:
-            return decode(task_id, message, name)
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + grace
-        if now >= deadline:
-            return None
-        time.sleep(min(pause, deadline - now))
-        pause = min(pause * 2, LONGEST_PAUSE)
+    message = within_grace(channel, lambda: _fast_forward(channel, name, task_id), grace)
+    return None if message is None else decode(task_id, message, name)
 
 
 def _fast_forward(channel: Any, name: str, task_id: str) -> Optional[Any]:
