@@ -446,3 +446,20 @@ def test_chain_of_chords(t: Any) -> None:
     workflow = chain(chord([t.add.s(1, 1), t.add.s(2, 2)], t.collect.s()),
                      chord([t.add.si(3, 3)], t.collect.s()))
     assert workflow.apply_async().get(timeout=30) == [6]
+
+
+def test_chord_log_lives_result_expires_after_its_last_part(url: str, vhost: str) -> None:
+    """Each part renews the chord's queues: a chord longer than its expiry still fires."""
+    from tests.conftest import make_app
+
+    client = make_app(url, result_expires=2)
+    body_queue = f"chord-bodies-{uuid.uuid4().hex[:8]}"
+    try:
+        group_id, body = _chord_by_hand(client, 3, body_queue)
+        for index in range(3):
+            client.backend.on_chord_part_return(_Part(group_id, index, body), "SUCCESS", index)
+            if index < 2:
+                time.sleep(1.3)  # the last part comes 2.6 s after the chord was applied
+        assert broker.queue(vhost, body_queue)["messages"] == 1
+    finally:
+        client.backend.close()

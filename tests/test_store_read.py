@@ -326,3 +326,19 @@ def test_regression_store_after_reading_an_unknown_id(app) -> None:
         task_id = new_id()
         backend.mark_as_done(task_id, "after a 404")
         assert backend.get_task_meta(task_id, cache=False)["result"] == "after a 404"
+
+
+def test_result_lives_result_expires_after_its_last_state(url) -> None:
+    """Every store renews the queue's x-expires (a publish alone does not): a task whose
+    first state is older than result_expires still has its final state read."""
+    app = make_app(url, result_expires=2)
+    try:
+        task_id = new_id()
+        app.backend.store_result(task_id, None, states.STARTED)
+        time.sleep(1.4)
+        app.backend.mark_as_done(task_id, "late but kept")
+        time.sleep(1.2)  # 2.6 s after the queue was created, 1.2 s after the last state
+        meta = app.backend.get_task_meta(task_id, cache=False)
+        assert (meta["status"], meta["result"]) == (states.SUCCESS, "late but kept")
+    finally:
+        app.backend.close()

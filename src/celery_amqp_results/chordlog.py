@@ -26,7 +26,7 @@ from amqp.exceptions import AccessRefused, NotFound
 from kombu.serialization import dumps, loads
 from kombu.utils.functional import LRUCache
 
-from .channel import revived
+from .channel import nack_requeue, revived
 from .naming import Names
 from .read import peek
 from .store import Store
@@ -134,7 +134,17 @@ class ChordLog:
 
     def append(self, group_id: str, task_id: str, entry: bytes, content_type: str,
                content_encoding: str) -> Optional[int]:
-        """Append ``entry`` to the log; return how many messages it holds, None if it is gone."""
+        """Append ``entry`` to the log; return how many messages it holds, None if it is gone.
+
+        The count comes from a ``basic.get`` (the broker says how many messages
+        remain behind the one it hands out, which goes straight back): unlike a
+        passive declare, a get renews the log's ``x-expires``, so a chord lives
+        ``result_chord_expires`` after its last part; unlike an active declare, it
+        cannot bring back a log deleted once the body was sent.  A part counting
+        while another part holds the head for its own count sees one message
+        fewer, but the last part to count sees them all: any hold still open
+        then would belong to a part that counts later.
+        """
         log = self.topology.chord_log_queue(self.names.chord_queue(group_id))
         if not self.store.put_in(log, task_id, "CHORD", entry, content_type,
                                  content_encoding, create=False):
@@ -142,10 +152,14 @@ class ChordLog:
 
         def count(channel: Any) -> Optional[int]:
             try:
-                return int(channel.queue_declare(queue=log.name, passive=True)[1])
+                head = channel.basic_get(queue=log.name, no_ack=False)
             except NotFound:  # deleted since: the chord fired or was forgotten
                 revived(channel)
                 return None
+            if head is None:
+                return 0  # another process holds the whole log; it counts again after
+            nack_requeue(channel, head.delivery_tag)
+            return int(head.delivery_info.get("message_count") or 0) + 1
 
         return self.store.run(count)
 

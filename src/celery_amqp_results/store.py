@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: How many task ids a process remembers having declared a queue for.
-DECLARED_CACHE_SIZE = 10_000
+#: How many queues declared elsewhere with other arguments a process remembers.
+CLASH_CACHE_SIZE = 10_000
 
 
 class Store:
@@ -32,9 +32,14 @@ class Store:
     published again on the notify exchange for waiters.  That order means a
     waiter that bound its queue and then peeked cannot miss a state: if the
     peek came too early for the stored copy, the announcement came after the
-    binding.  The queue is declared on the first state a process stores for a
-    task; if it has since vanished (forgotten, expired), the broker returns
-    the state and it is declared and published again.
+    binding.  The queue is declared before every state: the first time that
+    creates it, and every time it renews the queue's ``x-expires`` (a publish
+    alone does not), so a result lives ``result_expires`` after its last state
+    however long ago the first was stored.  The declaration waits for its
+    answer: on RabbitMQ 3.10 one sent without waiting and followed at once by
+    the publish does not renew ``x-expires`` (measured).  A queue that has
+    vanished (forgotten, expired) between the two is reported by the broker
+    returning the state: it is declared and published again.
     """
 
     def __init__(self, pool: ConnectionPool, topology: Topology,
@@ -42,7 +47,9 @@ class Store:
         self.pool = pool
         self.topology = topology
         self.retry_policy = retry_policy
-        self._declared = LRUCache(limit=DECLARED_CACHE_SIZE)
+        #: Queues that exist with other arguments: not declared again (it would
+        #: only fail again), published into as they are.
+        self._clashing = LRUCache(limit=CLASH_CACHE_SIZE)
 
     def run(self, operation: Callable[[Any], T]) -> T:
         """Run ``operation(channel)`` on a pooled connection, retrying by the retry policy.
@@ -119,17 +126,13 @@ class Store:
         """
         queue_name = str(queue.name)
         try:
-            if create and queue_name not in self._declared:
-                # The declaration goes out without waiting for its answer: the
-                # publish behind it on the same channel is routed only after the
-                # broker has created the queue, and its confirm answers for both.
-                if self._declare_and_publish(channel, queue, body, properties):
-                    return True
-            elif self._publish_stored(channel, queue_name, body, properties):
-                return True
             if not create:
-                return False
-            # The queue went away since we declared it: declare it again.
+                return self._publish_stored(channel, queue_name, body, properties)
+            if queue_name not in self._clashing:
+                self._declare(channel, queue)
+            if self._publish_stored(channel, queue_name, body, properties):
+                return True
+            # The queue went away right after the declaration: declare it again.
             self._declare(channel, queue)
             if self._publish_stored(channel, queue_name, body, properties):
                 return True
@@ -143,27 +146,11 @@ class Store:
             f"unroutable twice: queue {queue_name!r} vanished right after "
             f"being declared", task_id=task_id, state=state)
 
-    def _declare_and_publish(self, channel: Any, queue: NoCacheQueue, body: bytes,
-                             properties: Dict[str, Any]) -> bool:
-        """Declare ``queue`` (no wait) and publish into it: one round trip, not two."""
-        queue_name = str(queue.name)
-        try:
-            queue.queue_declare(nowait=True, channel=channel)
-            self._declared[queue_name] = True
-            return self._publish_stored(channel, queue_name, body, properties)
-        except PreconditionFailed as exc:
-            # The declaration clashed with the existing queue's arguments: the
-            # broker closed the channel (dropping the publish behind it) and
-            # py-amqp reopened it.  The queue exists: store into it and say so.
-            revived(channel)
-            self._mismatch(queue, exc)
-            return self._publish_stored(channel, queue_name, body, properties)
-
     def delete(self, queue_name: str) -> None:
         """Delete a stored result for everyone (no error if it is already gone)."""
         def operation(channel: Any) -> None:
             channel.queue_delete(queue=queue_name)
-            self._declared.pop(queue_name, None)
+            self._clashing.pop(queue_name, None)
         self.run(operation)
 
     def _exchange(self, channel: Any) -> str:
@@ -171,7 +158,6 @@ class Store:
         return str(self.topology.exchange.name)
 
     def _declare(self, channel: Any, queue: NoCacheQueue) -> None:
-        queue_name = str(queue.name)
         try:
             queue.queue_declare(channel=channel)
         except PreconditionFailed as exc:
@@ -179,10 +165,9 @@ class Store:
             # py-amqp has reopened the channel.  The queue exists, so the state
             # can still be stored in it: store it and say loudly what differs.
             self._mismatch(queue, exc)
-        self._declared[queue_name] = True
 
     def _mismatch(self, queue: NoCacheQueue, exc: Exception) -> None:
-        self._declared[str(queue.name)] = True
+        self._clashing[str(queue.name)] = True
         logger.error(self.topology.explain_mismatch(
             str(queue.name), str(exc), getattr(queue, "queue_arguments", None)))
 
@@ -195,6 +180,6 @@ class Store:
             amqp.Message(body, **properties), exchange="", routing_key=queue_name,
             mandatory=True)
         if queue_name in returned:
-            self._declared.pop(queue_name, None)
+            self._clashing.pop(queue_name, None)
             return False
         return True
