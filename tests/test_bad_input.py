@@ -10,6 +10,7 @@ import pytest
 from celery import states
 
 from celery_amqp_results import InvalidResultError, InvalidTaskIdError
+from tests import broker
 from tests.broker import RawBroker
 from tests.conftest import make_app
 
@@ -184,3 +185,32 @@ def test_broker_nack_is_an_error_not_silence(app, vhost, caplog) -> None:
     with RawBroker(vhost) as raw:
         raw.channel.queue_delete(queue_name)
     assert_backend_still_works(app)
+
+
+def test_result_exchange_declared_otherwise_is_a_clear_error() -> None:
+    """An exchange of the same name but another type (an older backend, another app):
+    stores and waits fail with an error naming result_exchange, not a raw 406."""
+    from celery_amqp_results import ResultBrokerError
+
+    vhost = broker.new_vhost()
+    try:
+        raw = amqp.Connection(f"{broker.HOST}:{broker.PORT}", virtual_host=vhost)
+        raw.connect()
+        raw.channel().exchange_declare("celeryresults", "topic", durable=False,
+                                       auto_delete=False)
+        raw.close()
+        app = make_app(broker.url_for(vhost))
+        try:
+            task_id = str(uuid.uuid4())
+            with pytest.raises(ResultBrokerError, match="result_exchange") as info:
+                app.backend.mark_as_done(task_id, 1)
+            assert "'celeryresults'" in str(info.value) and "topic" in str(info.value)
+            assert info.value.retryable is False
+            with pytest.raises(ResultBrokerError, match="result_exchange_type"):
+                app.AsyncResult(str(uuid.uuid4())).get(timeout=2)
+            # The state itself was stored before the announcement failed: readable.
+            assert app.backend.get_task_meta(task_id, cache=False)["result"] == 1
+        finally:
+            app.backend.close()
+    finally:
+        broker.delete_vhost(vhost)

@@ -13,7 +13,7 @@ from kombu.utils.functional import LRUCache, fxrange
 
 from .channel import returns_of, revived
 from .connection import ConnectionPool, broker_error, failures
-from .errors import ResultStoreError
+from .errors import ResultBrokerError, ResultStoreError
 from .topology import NoCacheQueue, Topology
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,16 @@ T = TypeVar("T")
 
 #: How many queues declared elsewhere with other arguments a process remembers.
 CLASH_CACHE_SIZE = 10_000
+
+
+def declare_exchange(channel: Any, topology: Topology) -> None:
+    """Declare the notify exchange once per channel; a clash is an error naming the setting."""
+    try:
+        maybe_declare(topology.exchange, channel)
+    except PreconditionFailed as exc:
+        revived(channel)
+        raise ResultBrokerError(topology.explain_exchange_clash(str(exc)),
+                                retryable=False) from exc
 
 
 class Store:
@@ -154,7 +164,7 @@ class Store:
         self.run(operation)
 
     def _exchange(self, channel: Any) -> str:
-        maybe_declare(self.topology.exchange, channel)
+        declare_exchange(channel, self.topology)
         return str(self.topology.exchange.name)
 
     def _declare(self, channel: Any, queue: NoCacheQueue) -> None:

@@ -15,6 +15,13 @@ Default topology (README "Broker topology"):
   and a newest-only queue holding its size (``<prefix>chord-size.<id>``), both
   going away ``result_chord_expires`` (else ``result_expires``) after their last
   use, and deleted as soon as the chord's body has been sent.
+
+With ``amqp_results_queue_type = "quorum"`` (docs/cluster.md) result queues and
+group records are quorum queues, replicated over the cluster's nodes, their
+leaders spread by ``x-queue-leader-locator=balanced``.  Waiter queues stay
+classic and exclusive (quorum queues cannot be exclusive), and so do both chord
+queues: RabbitMQ 3.10 accepts a second *exclusive* consumer on a quorum queue,
+so the chord log's exclusive read would no longer let one process decide.
 """
 from __future__ import annotations
 
@@ -28,8 +35,18 @@ from .naming import Names
 #: Queue arguments that make a queue keep only the newest state.
 NEWEST_ONLY = {"x-max-length": 1, "x-overflow": "drop-head"}
 
+#: Values of ``amqp_results_queue_type``: the kind of queue results are stored in.
+QUEUE_TYPES = ("classic", "quorum")
+
+#: Arguments that make a result queue a quorum queue whose leader is placed on the
+#: node leading the fewest queues (RabbitMQ 3.10+; the default, ``client-local``,
+#: would put every result on the node its storing process is connected to).
+QUORUM = {"x-queue-type": "quorum", "x-queue-leader-locator": "balanced"}
+
 #: Which setting decides each queue property, to name it when queues clash.
 SETTING_FOR_ARGUMENT = {
+    "x-queue-type": "amqp_results_queue_type",
+    "x-queue-leader-locator": "amqp_results_queue_type",
     "x-expires": "result_expires",
     "x-max-length": "the result topology (queue keeps only the newest state)",
     "x-overflow": "the result topology (queue keeps only the newest state)",
@@ -52,7 +69,11 @@ class Topology:
 
     def __init__(self, names: Names, exchange_name: str, exchange_type: str,
                  expires: Optional[float], persistent: bool,
-                 chord_expires: Optional[float] = None) -> None:
+                 chord_expires: Optional[float] = None, queue_type: str = "classic") -> None:
+        if queue_type not in QUEUE_TYPES:
+            raise ValueError(
+                f"amqp_results_queue_type must be one of "
+                f"{', '.join(map(repr, QUEUE_TYPES))}, got {queue_type!r}")
         if exchange_type == "headers":
             raise ValueError(
                 "result_exchange_type 'headers' cannot route a state by task id: "
@@ -63,7 +84,11 @@ class Topology:
         self.delivery_mode = 2 if persistent else 1
         self.exchange = kombu.Exchange(
             exchange_name, exchange_type, durable=True, auto_delete=False)
+        #: "classic" or "quorum": the type of result queues and group records.
+        self.queue_type = queue_type
         self.queue_arguments: Dict[str, Any] = dict(NEWEST_ONLY)
+        if queue_type == "quorum":
+            self.queue_arguments.update(QUORUM)
         if self.expires:
             self.queue_arguments["x-expires"] = self.expires_ms
         #: AMQP ``expiration`` property of every stored state, or None to keep it.
@@ -80,7 +105,7 @@ class Topology:
         return max(1, round(self.expires * 1000))
 
     def storage_queue(self, queue_name: str) -> NoCacheQueue:
-        """The durable newest-state-only queue called ``queue_name``."""
+        """The durable newest-state-only queue called ``queue_name`` (quorum if so set)."""
         return self._durable(queue_name, self.queue_arguments)
 
     def chord_log_queue(self, queue_name: str) -> NoCacheQueue:
@@ -96,6 +121,17 @@ class Topology:
         return NoCacheQueue(
             queue_name, exchange=kombu.Exchange(""), routing_key=queue_name,
             durable=True, auto_delete=False, queue_arguments=arguments)
+
+    def explain_exchange_clash(self, reply_text: str) -> str:
+        """A sentence for an exchange that exists with another type or durability."""
+        exchange = self.exchange
+        return (
+            f"the result exchange {exchange.name!r} already exists with other properties "
+            f"than this backend declares (type {exchange.type!r}, from "
+            f"result_exchange_type; durable); broker said: {reply_text}. Another "
+            f"application, an older result backend or a process with another "
+            f"result_exchange_type declared it: give result_exchange another name, or "
+            f"delete that exchange once nothing uses it")
 
     def explain_mismatch(self, queue_name: str, reply_text: str,
                          arguments: Optional[Dict[str, Any]] = None) -> str:

@@ -34,6 +34,7 @@ from kombu import Connection
 
 from .connection import broker_error
 from .read import peek
+from .store import declare_exchange
 from .topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class Waiter:
             # the consumer at the end of each wait would delete it too.
             channel.queue_declare(queue=self.queue_name, durable=False, exclusive=True,
                                   auto_delete=False)
-            self.topology.exchange(channel).declare()
+            declare_exchange(channel, self.topology)
             self._conn, self._channel = conn, channel
             self._peek_channel = conn.channel()
         return self._conn
