@@ -342,3 +342,14 @@ def test_result_lives_result_expires_after_its_last_state(url) -> None:
         assert (meta["status"], meta["result"]) == (states.SUCCESS, "late but kept")
     finally:
         app.backend.close()
+
+
+def test_date_done_carries_an_offset(app) -> None:
+    """Celery 5.3 would store a naive utcnow(): every version stores an aware time here."""
+    from datetime import datetime
+
+    task_id = new_id()
+    app.backend.mark_as_done(task_id, 1)
+    stored = app.backend.get_task_meta(task_id, cache=False)["date_done"]
+    value = stored if isinstance(stored, datetime) else datetime.fromisoformat(stored)
+    assert value.tzinfo is not None

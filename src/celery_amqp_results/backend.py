@@ -136,6 +136,10 @@ class AMQPBackend(BaseBackend):
         queue_name = self.names.task_queue(task_id)
         meta = self._get_result_meta(result=result, state=state, traceback=traceback,
                                      request=request)
+        if meta.get("date_done") is not None:
+            # Celery 5.3 stores a naive utcnow(); 5.4+ the app's aware now(): store
+            # the latter on every version, so readers always get an offset.
+            meta["date_done"] = self.app.now().isoformat()
         meta["task_id"] = task_id
         self._store.put(task_id, state, queue_name, self.rkey(task_id), *self._serialize(meta))
         return result
