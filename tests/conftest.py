@@ -82,12 +82,17 @@ def running_worker(module: str, url: str, log_name: str, *args: str,
                 raise RuntimeError(f"worker {node} did not answer ping within 60 s")
         yield tasks
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (a worker's warm shutdown), then SIGKILL if it is not gone in 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from celery_amqp_results.celery4.topology import Celery4Topology
 from celery_amqp_results.settings import Settings
 from tests import broker
 from tests.broker import HOST, PORT, RawBroker
-from tests.conftest import ROOT, make_app, running_worker
+from tests.conftest import ROOT, make_app, running_worker, stop_process
 
 EXCHANGE = "celeryresults"
 DAY_MS = 24 * 3600 * 1000
@@ -481,12 +481,7 @@ def legacy_worker(url: str) -> Iterator[subprocess.Popen]:
          "-Q", LEGACY_QUEUE, "-n", f"car-celery44-{os.getpid()}@localhost"],
         cwd=LEGACY, env=legacy_env(url), stdout=log, stderr=subprocess.STDOUT)
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
 
 
 @needs_celery44
