@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from .topology import QUEUE_TYPES
+
 #: Prefix of every queue this backend declares (results, groups, waiters).
 #: All processes sharing a vhost must agree on it.
 DEFAULT_QUEUE_PREFIX = "celery-results."
@@ -59,6 +61,9 @@ class Settings:
     management_url: Optional[str] = None
     #: ``amqp_results_topology``: "default", or "celery4" for Celery 4.4's wire format.
     topology: str = "default"
+    #: ``amqp_results_queue_type``: "classic", or "quorum" for result queues replicated
+    #: over a cluster's nodes (docs/cluster.md).
+    queue_type: str = "classic"
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> Settings:
@@ -91,6 +96,17 @@ class Settings:
                 f"amqp_results_management_url must be an http:// or https:// URL of "
                 f"RabbitMQ's management API, such as http://rabbit:15672/; got a "
                 f"{type(management_url).__name__} that is not one")
+        topology = read_topology(conf)
+        queue_type = conf.get("amqp_results_queue_type") or "classic"
+        if queue_type not in QUEUE_TYPES:
+            raise ValueError(
+                f"amqp_results_queue_type must be one of "
+                f"{', '.join(map(repr, QUEUE_TYPES))}, got {queue_type!r}")
+        if queue_type == "quorum" and topology == "celery4":
+            # Celery 4's queues are auto-delete, which quorum queues refuse.
+            raise ValueError(
+                "amqp_results_queue_type 'quorum' needs the default topology: Celery 4's "
+                "result queues are auto-delete, which quorum queues cannot be")
         return cls(queue_prefix=prefix, peek_grace=grace, ssl=use_ssl,
                    max_result_size=size, management_url=management_url,
-                   topology=read_topology(conf))
+                   topology=topology, queue_type=queue_type)
