@@ -90,7 +90,8 @@ class AMQPBackend(BaseBackend):
             self.names,
             exchange or conf.result_exchange,
             exchange_type or conf.result_exchange_type,
-            self.expires, self.persistent, self._chord_expires())
+            self.expires, self.persistent, self._chord_expires(),
+            queue_type=self.settings.queue_type)
         self.exchange = self.topology.exchange
         self._connection_arg = connection
         self._template = conn_mod.make_connection(app, self.url, connection, self.settings.ssl)

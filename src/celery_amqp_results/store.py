@@ -7,13 +7,14 @@ import time
 from typing import Any, Callable, Dict, Optional, TypeVar
 
 import amqp
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import NotFound, PreconditionFailed
 from kombu.common import maybe_declare
 from kombu.utils.functional import LRUCache, fxrange
 
 from .channel import returns_of, revived
 from .connection import ConnectionPool, broker_error, failures
 from .errors import ResultBrokerError, ResultStoreError
+from .replace import replace
 from .topology import NoCacheQueue, Topology
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,20 @@ T = TypeVar("T")
 
 #: How many queues declared elsewhere with other arguments a process remembers.
 CLASH_CACHE_SIZE = 10_000
+
+#: How many quorum result queues a process remembers having stored a state in.
+STORED_CACHE_SIZE = 10_000
+
+#: Seconds a store into a quorum queue waits for a reader to put the old state back.
+REPLACE_GRACE = 0.5
+
+
+class Unavailable(Exception):
+    """The queue cannot take a state just now; ``error`` is raised once retries run out."""
+
+    def __init__(self, error: ResultStoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def declare_exchange(channel: Any, topology: Topology) -> None:
@@ -60,6 +75,9 @@ class Store:
         #: Queues that exist with other arguments: not declared again (it would
         #: only fail again), published into as they are.
         self._clashing = LRUCache(limit=CLASH_CACHE_SIZE)
+        #: Quorum queues this process stored a state in: an empty one has a reader
+        #: holding its message, not nothing to replace (replace.py).
+        self._stored = LRUCache(limit=STORED_CACHE_SIZE)
 
     def run(self, operation: Callable[[Any], T]) -> T:
         """Run ``operation(channel)`` on a pooled connection, retrying by the retry policy.
@@ -79,6 +97,15 @@ class Store:
                 try:
                     conn.ensure_connection(max_retries=0)  # one attempt, no sleep
                     return operation(conn.default_channel)
+                except Unavailable as exc:
+                    # A quorum queue electing a new leader (nacks for ~0.4 s), or a
+                    # classic queue whose node is down (it may come back).  Retried
+                    # on a new connection: the channel a quorum queue nacked keeps
+                    # being nacked after the new leader is elected (measured).
+                    if max_retries is not None and retries >= max_retries:
+                        raise exc.error from exc
+                    conn.collect()
+                    time.sleep(min(float(next(intervals)), interval_max))
                 except failures(conn) as exc:
                     error = broker_error(conn, exc)
                     if not error.retryable or (
@@ -98,9 +125,14 @@ class Store:
         def operation(channel: Any) -> None:
             self._publish(channel, queue, body, properties, task_id, state, create=True)
             if routing_key is not None:
-                channel.basic_publish(
-                    amqp.Message(body, **properties),
-                    exchange=self._exchange(channel), routing_key=routing_key)
+                try:
+                    channel.basic_publish(
+                        amqp.Message(body, **properties),
+                        exchange=self._exchange(channel), routing_key=routing_key)
+                except amqp.exceptions.MessageNacked:
+                    # A waiter queue bound to this id is on a node that is down: its
+                    # waiter lost its connection too, and peeks when it reconnects.
+                    logger.debug("announcement of %s state of %s nacked", state, task_id)
 
         self.run(operation)
 
@@ -135,22 +167,41 @@ class Store:
         queue and publishes again if ``create``, else answers False.
         """
         queue_name = str(queue.name)
+        quorum = (getattr(queue, "queue_arguments", None) or {}).get("x-queue-type") == "quorum"
         try:
             if not create:
                 return self._publish_stored(channel, queue_name, body, properties)
+            ready = None
             if queue_name not in self._clashing:
-                self._declare(channel, queue)
-            if self._publish_stored(channel, queue_name, body, properties):
+                ready = self._declare(channel, queue)
+            if quorum and (ready or queue_name in self._stored):
+                # An older state a reader puts back would drop this one (replace.py).
+                stored = replace(channel, queue_name, lambda: self._publish_stored(
+                    channel, queue_name, body, properties), REPLACE_GRACE)
+            else:
+                stored = self._publish_stored(channel, queue_name, body, properties)
+            if stored:
+                self._stored[queue_name] = True
                 return True
             # The queue went away right after the declaration: declare it again.
             self._declare(channel, queue)
             if self._publish_stored(channel, queue_name, body, properties):
                 return True
+        except NotFound as exc:
+            if "down or inaccessible" not in str(exc):
+                raise
+            raise Unavailable(ResultStoreError(
+                f"the node holding queue {queue_name!r} is down: the {state} state of "
+                f"task {task_id!r} was not stored", task_id=task_id, state=state)) from exc
         except amqp.exceptions.MessageNacked as exc:
             # Caught here: kombu would re-raise it as a connection error.
-            raise ResultStoreError(
+            error = ResultStoreError(
                 f"the broker refused (nack) the {state} state of task {task_id!r} "
-                f"in queue {queue_name!r}", task_id=task_id, state=state) from exc
+                f"in queue {queue_name!r}", task_id=task_id, state=state)
+            if quorum:
+                # A quorum queue nacks while it elects a new leader (~0.4 s).
+                raise Unavailable(error) from exc
+            raise error from exc
         raise ResultStoreError(
             f"the broker returned the {state} state of task {task_id!r} as "
             f"unroutable twice: queue {queue_name!r} vanished right after "
@@ -161,20 +212,23 @@ class Store:
         def operation(channel: Any) -> None:
             channel.queue_delete(queue=queue_name)
             self._clashing.pop(queue_name, None)
+            self._stored.pop(queue_name, None)
         self.run(operation)
 
     def _exchange(self, channel: Any) -> str:
         declare_exchange(channel, self.topology)
         return str(self.topology.exchange.name)
 
-    def _declare(self, channel: Any, queue: NoCacheQueue) -> None:
+    def _declare(self, channel: Any, queue: NoCacheQueue) -> Optional[int]:
+        """Declare ``queue``; how many ready messages it holds (None after a clash)."""
         try:
-            queue.queue_declare(channel=channel)
+            return int(queue.queue_declare(channel=channel)[1])
         except PreconditionFailed as exc:
             revived(channel)
             # py-amqp has reopened the channel.  The queue exists, so the state
             # can still be stored in it: store it and say loudly what differs.
             self._mismatch(queue, exc)
+            return None
 
     def _mismatch(self, queue: NoCacheQueue, exc: Exception) -> None:
         self._clashing[str(queue.name)] = True

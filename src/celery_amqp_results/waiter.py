@@ -172,7 +172,10 @@ class Waiter:
     def _connection_errors(self) -> Tuple[Type[BaseException], ...]:
         if self._errors is None:
             conn = self._factory()
-            self._errors = (*tuple(conn.recoverable_connection_errors), ConnectionError)
+            # All of them: a quorum queue whose leader just died answers a basic.get
+            # with 541 INTERNAL_ERROR, which closes the connection.
+            self._errors = (*tuple(conn.recoverable_connection_errors),
+                            *tuple(conn.connection_errors), ConnectionError)
         return self._errors
 
     def _connect(self, deadline: Optional[float]) -> Connection:
@@ -282,6 +285,9 @@ class Waiter:
         self._bound.clear()
         self._dirty = False
         self._generation += 1
+        # A new name: the exclusive queue of a connection to a node that died is
+        # still known to the cluster for a while (RESOURCE_LOCKED if declared again).
+        self.queue_name = f"{self.topology.names.waiter_prefix}{uuid.uuid4().hex}"
         if conn is not None:
             try:
                 conn.collect()

@@ -77,7 +77,7 @@ def examine(backend: AMQPBackend) -> Dict[str, Any]:
         check_broker(overview, nodes, api.user),
         check_connection(backend.as_uri(), probe(backend)),
         check_queue_types(optional(api.feature_flags), optional(api.vhost_info),
-                          inventory.results, api.user),
+                          inventory.results, api.user, backend.topology.queue_type),
         check_transient(inventory, deprecations),
         check_arguments(inventory.results, backend.topology.queue_arguments),
         check_capacity(inventory, nodes, backend.topology.expires,

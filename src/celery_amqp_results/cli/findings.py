@@ -87,8 +87,10 @@ def check_connection(uri: str, error: Optional[str]) -> Finding:
 
 def check_queue_types(flags: Optional[Sequence[Mapping[str, Any]]],
                       vhost: Optional[Mapping[str, Any]], results: Sequence[Queue],
-                      user: str) -> Finding:
+                      user: str, expected: str = "classic") -> Finding:
     """Quorum queues: available or not, the vhost's default type, and result queue types.
+
+    ``expected`` is the type this app's settings declare (``amqp_results_queue_type``).
 
     ``flags`` and ``vhost`` are None when the API does not show them to ``user``.
     """
@@ -100,19 +102,21 @@ def check_queue_types(flags: Optional[Sequence[Mapping[str, Any]]],
         available = ("quorum queues available (feature flag enabled)" if state == "enabled"
                      else f"quorum queues not enabled (feature flag {state or 'absent'})")
     types = Counter(str(queue.get("type") or "classic") for queue in results)
-    odd = {kind: count for kind, count in types.items() if kind != "classic"}
+    odd = {kind: count for kind, count in types.items() if kind != expected}
     if odd:
         listed = ", ".join(f"{count} {kind}" for kind, count in sorted(odd.items()))
         return Finding(PROBLEM, "queue types", f"{available}; result queues that are not "
-                       f"classic: {listed}",
-                       "Result queues are meant to be classic: a stream refuses basic.get, "
-                       "so reads fail, and a quorum queue keeps a replicated log for its one "
-                       "state, which costs more per result. Use a vhost whose default queue "
-                       "type is classic, and let these expire or forget them.")
+                       f"{expected}: {listed}",
+                       f"This app's settings declare {expected} result queues "
+                       f"(amqp_results_queue_type). A stream refuses basic.get, so reads "
+                       f"fail; a queue of the other type clashes with this app's "
+                       f"declarations. Use a vhost whose default queue type is classic, "
+                       f"the same amqp_results_queue_type in every process, and let these "
+                       f"expire or forget them.")
     default = (vhost or {}).get("default_queue_type") or "undefined"
     if vhost is None:
         default = "not readable by this user"
-    elif default not in ("undefined", "classic"):
+    elif expected == "classic" and default not in ("undefined", "classic"):
         return Finding(WARNING, "queue types",
                        f"{available}; vhost {vhost.get('name')!r} has default queue type "
                        f"{default!r}",
@@ -120,8 +124,9 @@ def check_queue_types(flags: Optional[Sequence[Mapping[str, Any]]],
                        f"vhost, and result queues are declared without one: use a vhost whose "
                        f"default queue type is classic (or undefined) for results.")
     return Finding(OK, "queue types",
-                   f"{available}; all {len(results)} result queues are classic queues holding "
-                   f"one state each, as designed (vhost default queue type: {default})")
+                   f"{available}; all {len(results)} result queues are {expected} queues "
+                   f"holding one state each, as designed (vhost default queue type: "
+                   f"{default})")
 
 
 def check_transient(inventory: Inventory,
