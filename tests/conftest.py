@@ -49,6 +49,14 @@ def backend(app: Celery):
     return app.backend
 
 
+def worker_log(log_name: str) -> Path:
+    """Where running_worker writes the log ``log_name``: under .pytest_cache, with the
+    pytest-xdist process's name in it (each process has its own session worker)."""
+    xdist = os.environ.get("PYTEST_XDIST_WORKER")
+    return ROOT / ".pytest_cache" / (f"{Path(log_name).stem}-{xdist}.log" if xdist
+                                     else log_name)
+
+
 @contextlib.contextmanager
 def running_worker(module: str, url: str, log_name: str, *args: str,
                    node_prefix: str = "car-test") -> Iterator[Any]:
@@ -59,8 +67,10 @@ def running_worker(module: str, url: str, log_name: str, *args: str,
     """
     os.environ["CAR_TEST_URL"] = url  # before the tasks module is imported here
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # The log is always written: a test may read it (a clean checkout has no cache dir yet).
     cache = ROOT / ".pytest_cache"
-    log: Any = open(cache / log_name, "w") if cache.is_dir() else subprocess.DEVNULL
+    cache.mkdir(exist_ok=True)
+    log: Any = open(worker_log(log_name), "w")
     node = f"{node_prefix}-{os.getpid()}@localhost"
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", module, "worker", "--loglevel=INFO",

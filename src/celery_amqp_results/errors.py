@@ -30,12 +30,14 @@ class InvalidResultError(BackendGetMetaError):
 
     The message is left where it was (it is never acknowledged away), so the
     cause can be inspected and fixed; the backend keeps working for other tasks.
+    ``args`` is ``(message, task_id, queue)``: pickle and Celery's JSON form of an
+    exception both rebuild it with ``cls(*args)``.  ``cause`` survives pickle only.
     """
 
-    def __init__(self, message: str, *, task_id: str = "", queue: str = "",
+    def __init__(self, message: str, task_id: str = "", queue: str = "",
                  cause: Optional[BaseException] = None) -> None:
         super().__init__(message, task_id=task_id)
-        self.args = (message,)
+        self.args = (message, task_id, queue)
         self.queue = queue
         self.cause = cause
 
@@ -49,11 +51,14 @@ class UnsafeResultError(InvalidResultError, SecurityError):
 
 
 class ResultStoreError(BackendStoreError):
-    """A state could not be stored: the broker refused it or stayed unreachable."""
+    """A state could not be stored: the broker refused it or stayed unreachable.
 
-    def __init__(self, message: str, *, task_id: str = "", state: str = "") -> None:
+    ``args`` is ``(message, task_id, state)``, so ``cls(*args)`` rebuilds it.
+    """
+
+    def __init__(self, message: str, task_id: str = "", state: str = "") -> None:
         super().__init__(message, task_id=task_id, state=state)
-        self.args = (message,)
+        self.args = (message, task_id, state)
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -71,9 +76,14 @@ class ResultBrokerError(BackendError):
     """The result broker cannot be reached or refused the login; names host and vhost.
 
     ``retryable`` is False for a refused login or an unknown vhost (retrying will
-    not help) and True for a broker that is down or unreachable.
+    not help) and True for a broker that is down or unreachable.  ``args`` is
+    ``(message, retryable)``: a prefork pool pickles this exception from its child
+    to the main process, which rebuilds it with ``cls(*args)``.
     """
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message, retryable)
         self.retryable = retryable
+
+    def __str__(self) -> str:
+        return str(self.args[0])
