@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from typing import Any, Dict, List
 
@@ -47,6 +48,17 @@ def queue(vhost: str, name: str) -> Dict[str, Any]:
         if q["name"] == name:
             return q
     raise KeyError(name)
+
+
+def wait_for_messages(vhost: str, name: str, count: int = 1, timeout: float = 10) -> int:
+    """Queue ``name``'s message count once it reaches ``count``, or when ``timeout`` is up
+    (rabbitmqctl's count may lag a publish that was just confirmed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = queue(vhost, name)["messages"]
+        if messages >= count or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.05)
 
 
 def consumers(vhost: str) -> List[Dict[str, Any]]:

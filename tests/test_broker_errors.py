@@ -24,7 +24,7 @@ def app_for(url: str) -> Celery:
     ("unknown vhost", f"amqp://guest:guest@{HOST}:{PORT}/no-such-vhost-{uuid.uuid4().hex}",
      "NOT_ALLOWED", False),
     ("nothing listening", f"amqp://guest:{SECRET}@{HOST}:1//", "refused", True),
-])
+], ids=["wrong password", "unknown vhost", "nothing listening"])  # stable: the URL has a uuid
 def test_broker_errors_name_host_and_vhost(caplog, operation, case, url, named,
                                             retryable) -> None:
     app = app_for(url)

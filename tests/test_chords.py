@@ -393,13 +393,61 @@ def test_last_part_reported_while_another_holds_the_log_is_not_missed(
         # part 2 is reported, finds the chord incomplete, and must count again.
         backend.on_chord_part_return(_Part(group_id, 1, body), "SUCCESS", 1)
         assert interleaved and interleaved[0] is not None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and \
-                broker.queue(vhost, body_queue)["messages"] < 1:
-            time.sleep(0.05)
-        assert broker.queue(vhost, body_queue)["messages"] == 1
+        assert broker.wait_for_messages(vhost, body_queue) == 1
     finally:
         client.backend.close()
+
+
+def test_count_of_a_part_whose_get_overlaps_another_parts_count(
+        url: str, vhost: str) -> None:
+    """Two last parts whose counts overlap: the later count sees both (issue 3's window).
+
+    Part A's process loses the CPU right after the broker answered the get with which
+    it counts.  Part B appends and counts meanwhile.  A held the log's head until it
+    got the CPU back and sent the requeue, so A counted before B's append and B
+    counted one short: the chord never fired.  Now the requeue leaves with the get.
+    """
+    import threading
+
+    from amqp.abstract_channel import AbstractChannel
+
+    from tests.conftest import make_app
+
+    client, other = make_app(url), make_app(url)
+    body_queue = f"chord-bodies-{uuid.uuid4().hex[:8]}"
+    wait = AbstractChannel.wait
+    a_counted, b_done = threading.Event(), threading.Event()
+    part_a = threading.current_thread()
+
+    def wait_and_lose_the_cpu(self: Any, method: Any, *args: Any, **kwargs: Any) -> Any:
+        reply = wait(self, method, *args, **kwargs)
+        if threading.current_thread() is part_a and isinstance(reply, tuple) \
+                and len(reply) == 6 and not a_counted.is_set():  # get-ok of the count
+            a_counted.set()
+            b_done.wait(30)  # descheduled until part B has reported
+        return reply
+
+    try:
+        group_id, body = _chord_by_hand(client, 2, body_queue)
+
+        def report_b() -> None:
+            a_counted.wait(30)
+            other.backend.on_chord_part_return(_Part(group_id, 1, body), "SUCCESS", 1)
+            b_done.set()
+
+        reporter = threading.Thread(target=report_b)
+        reporter.start()
+        AbstractChannel.wait = wait_and_lose_the_cpu  # type: ignore[method-assign]
+        try:
+            client.backend.on_chord_part_return(_Part(group_id, 0, body), "SUCCESS", 0)
+        finally:
+            AbstractChannel.wait = wait  # type: ignore[method-assign]
+        reporter.join(30)
+        assert a_counted.is_set() and b_done.is_set()
+        assert broker.wait_for_messages(vhost, body_queue) == 1
+    finally:
+        client.backend.close()
+        other.backend.close()
 
 
 @pytest.mark.parametrize("ordered", [True, False])

@@ -143,24 +143,24 @@ def test_transient_results_do_not_survive(running: PrivateNode) -> None:
     assert len(queues) == 202
     assert all(q["durable"] and q["messages"] == 0 for q in queues.values())
 
-    # A PENDING read of a queue that survived empty waits the whole peek grace
-    # (amqp_results_peek_grace: another reader might hold the message).  Measured
-    # once with the default; the 202 reads below skip it to keep the test short.
+    # A PENDING read of a queue that survived empty reads it amqp_results_peek_attempts
+    # times (another reader might hold the message).  Measured once with the default;
+    # the 202 reads below read once each to keep the test short.
     with celery_app(node, result_persistent=False) as app:
         began = time.monotonic()
         assert app.backend.get_task_meta(failed_id, cache=False)["status"] == states.PENDING
-        MEASURED["transient test: one PENDING read, default peek grace (s)"] = \
+        MEASURED["transient test: one PENDING read, default peek attempts (s)"] = \
             time.monotonic() - began
 
     pending = 0
-    with celery_app(node, result_persistent=False, amqp_results_peek_grace=0) as app:
+    with celery_app(node, result_persistent=False, amqp_results_peek_attempts=1) as app:
         began = time.monotonic()
         for task_id in all_ids:
             meta = app.backend.get_task_meta(task_id, cache=False)
             assert meta["status"] == states.PENDING, (task_id, meta)
             assert meta["result"] is None
             pending += 1
-        MEASURED["transient test: 202 PENDING reads, no peek grace (s)"] = \
+        MEASURED["transient test: 202 PENDING reads, one read each (s)"] = \
             time.monotonic() - began
     assert pending == 200 + 2
 

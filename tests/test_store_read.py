@@ -31,7 +31,10 @@ def test_store_returns_only_once_the_broker_has_the_state(backend, vhost) -> Non
     assert message is not None, "store_result returned before the broker held the state"
     assert message.properties["delivery_mode"] == 2
     assert message.properties["correlation_id"] == task_id
-    assert message.properties["expiration"] == str(24 * 3600 * 1000)
+    # Expiry is the readers' to check (read.py): no broker TTL, an expires-at header.
+    assert "expiration" not in message.properties
+    expires_at = message.properties["application_headers"]["expires-at"]
+    assert abs(expires_at - (time.time() + 24 * 3600) * 1000) < 600_000
     assert '"answer": 42' in message.body
 
 
@@ -176,16 +179,39 @@ def test_failure_is_stored_with_exception_and_traceback(app, backend) -> None:
         result.get(timeout=5)
 
 
+def test_result_expires_becomes_queue_ttl_and_state_deadline(url, vhost) -> None:
+    """result_expires (s) is the queue's x-expires (ms) and each state's expires-at header.
+
+    A long expiry: the queue is listed long before it can expire (with 1 s, a busy
+    machine's rabbitmqctl was slower than the expiry and found no queue)."""
+    app = make_app(url, result_expires=60)
+    try:
+        task_id = new_id()
+        before = int(time.time() * 1000)
+        app.backend.mark_as_done(task_id, "kept a minute")
+        after = int(time.time() * 1000)
+        queue = broker.queue(vhost, qname(task_id))
+        assert queue["arguments"]["x-expires"] == 60_000
+        with RawBroker(vhost) as raw:
+            headers = raw.peek(qname(task_id)).properties["application_headers"]
+        assert before + 60_000 <= headers["expires-at"] <= after + 60_000
+        assert app.backend.get_task_meta(task_id, cache=False)["status"] == states.SUCCESS
+    finally:
+        app.backend.close()
+
+
 def test_result_expires(url, vhost) -> None:
+    """A state is PENDING once result_expires has passed, and its queue goes too.
+
+    Only what must hold after the expiry is checked: nothing here reads before it,
+    so a slow machine cannot make the test race its own expiry."""
     app = make_app(url, result_expires=1)
     try:
         task_id = new_id()
         app.backend.mark_as_done(task_id, "short-lived")
-        # Read first: rabbitmqctl alone can take most of the second on a busy machine.
-        assert app.backend.get_task_meta(task_id, cache=False)["status"] == states.SUCCESS
-        queue = broker.queue(vhost, qname(task_id))
-        assert queue["arguments"]["x-expires"] == 1000
+        stored = time.monotonic()
         time.sleep(1.3)
+        assert time.monotonic() - stored >= 1.3
         assert app.backend.get_task_meta(task_id, cache=False)["status"] == states.PENDING
         deadline = time.monotonic() + 10
         with RawBroker(vhost) as raw:
@@ -204,7 +230,9 @@ def test_result_expires_none_keeps_results(url, vhost) -> None:
         queue = broker.queue(vhost, qname(task_id))
         assert "x-expires" not in queue["arguments"]
         with RawBroker(vhost) as raw:
-            assert "expiration" not in raw.peek(qname(task_id)).properties
+            message = raw.peek(qname(task_id))
+            assert "expiration" not in message.properties
+            assert "expires-at" not in (message.properties.get("application_headers") or {})
     finally:
         app.backend.close()
 
@@ -303,7 +331,6 @@ def test_failover_url_list_reaches_the_live_host(vhost) -> None:
     dead = f"amqp://guest:guest@{broker.HOST}:1/{vhost}"
     app = make_app(live)
     app.conf.result_backend = f"{dead};{live}"
-    app.conf.amqp_results_peek_grace = 0.1
     try:
         assert "guest:guest" not in app.backend.as_uri()
         task_id = new_id()
@@ -331,13 +358,15 @@ def test_regression_store_after_reading_an_unknown_id(app) -> None:
 def test_result_lives_result_expires_after_its_last_state(url) -> None:
     """Every store renews the queue's x-expires (a publish alone does not): a task whose
     first state is older than result_expires still has its final state read."""
-    app = make_app(url, result_expires=2)
+    app = make_app(url, result_expires=6)
     try:
         task_id = new_id()
         app.backend.store_result(task_id, None, states.STARTED)
-        time.sleep(1.4)
+        time.sleep(4)
         app.backend.mark_as_done(task_id, "late but kept")
-        time.sleep(1.2)  # 2.6 s after the queue was created, 1.2 s after the last state
+        # 7 s after the queue was created, 3 s after the last state: a margin of 3 s
+        # for a busy machine between the store and the read.
+        time.sleep(3)
         meta = app.backend.get_task_meta(task_id, cache=False)
         assert (meta["status"], meta["result"]) == (states.SUCCESS, "late but kept")
     finally:

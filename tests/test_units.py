@@ -64,9 +64,10 @@ class TestTopology:
         assert queue.queue_arguments == {
             "x-max-length": 1, "x-overflow": "drop-head", "x-expires": 86400000}
 
-    def test_message_ttl_follows_result_expires(self) -> None:
-        assert self.topology(1.5).message_expiration == "1500"
-        assert self.topology(None).message_expiration is None
+    def test_expiry_follows_result_expires(self) -> None:
+        assert self.topology(1.5).expires_ms == 1500
+        assert self.topology(1.5).queue_arguments["x-expires"] == 1500
+        assert self.topology(None).expires is None
         assert "x-expires" not in self.topology(None).queue_arguments
 
     def test_delivery_mode_follows_persistence(self) -> None:
@@ -235,10 +236,19 @@ class TestSettings:
         settings = Settings.from_conf({})
         assert settings.queue_prefix == "celery-results."
         assert settings.peek_grace == 0.5
+        assert settings.peek_attempts == 64
+        assert settings.read_timeout == 2.0
 
     def test_bad_values_are_named(self) -> None:
         with pytest.raises(ValueError, match="amqp_results_peek_grace"):
             Settings.from_conf({"amqp_results_peek_grace": -1})
+        for bad in (0, -1, 2.5, "3", True):
+            with pytest.raises(ValueError, match="amqp_results_peek_attempts"):
+                Settings.from_conf({"amqp_results_peek_attempts": bad})
+        for bad in (-1, "soon", float("nan"), True):
+            with pytest.raises(ValueError, match="amqp_results_read_timeout"):
+                Settings.from_conf({"amqp_results_read_timeout": bad})
+        assert Settings.from_conf({"amqp_results_read_timeout": "0.5"}).read_timeout == 0.5
         with pytest.raises(TypeError, match="amqp_results_queue_prefix"):
             Settings.from_conf({"amqp_results_queue_prefix": 5})
         for bad in (0, -5, "big", 1.5, True):

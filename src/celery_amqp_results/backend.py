@@ -6,6 +6,7 @@ never destroys a result, the URL is honoured, timeouts are deadlines).
 """
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import threading
@@ -30,13 +31,21 @@ from .errors import (
     UnsafeResultError,
 )
 from .naming import Names
-from .read import peek
+from .read import expired, peek
 from .settings import Settings, read_topology
 from .store import Store
 from .topology import NoCacheQueue, Topology
 from .waiter import Waiter, drain
 
 Meta = Dict[str, Any]
+
+logger = logging.getLogger(__name__)
+
+
+def runs_task_in_worker(request: Any) -> bool:
+    """True when ``request`` is a task a worker is executing (not eager, not a client)."""
+    return (request is not None and getattr(request, "called_directly", True) is False
+            and not getattr(request, "is_eager", False))
 
 
 class AMQPBackend(BaseBackend):
@@ -99,7 +108,7 @@ class AMQPBackend(BaseBackend):
             self._template.clone, conf.get("broker_pool_limit") or 10)
         self._store = Store(self._pool, self.topology, self.retry_policy)
         self._chords = NativeChords(self, ChordLog(
-            self._store, self.topology, self.names, self.settings.peek_grace))
+            self._store, self.topology, self.names, self.settings.peek_attempts))
         self._local = threading.local()
         #: Every thread's waiter in this process, so close() reaches them all.
         self._waiters: weakref.WeakSet[Waiter] = weakref.WeakSet()
@@ -131,6 +140,25 @@ class AMQPBackend(BaseBackend):
         return conn_mod.sanitize(url)
 
     # -- storing -----------------------------------------------------------------------------
+
+    def store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
+                     request: Any = None, **kwargs: Any) -> Any:
+        """Celery's ``store_result``; in a worker, a result broker it cannot use is logged.
+
+        Raised there, the error takes Celery's internal-error path: a traceback in the
+        pool child, then the main process storing a FAILURE on the broker that just
+        refused (for as long as the retry policy lasts, its event loop blocked).  The
+        state is lost either way; one error line per task names the broker and says so.
+        A client (no worker request) gets the exception.
+        """
+        try:
+            return super().store_result(task_id, result, state, traceback, request, **kwargs)
+        except ResultBrokerError as exc:
+            if not runs_task_in_worker(request):
+                raise
+            logger.error("task %s[%s]: its %s state was not stored: %s",
+                         getattr(request, "task", None) or "?", task_id, state, exc)
+            return result
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
@@ -211,9 +239,16 @@ class AMQPBackend(BaseBackend):
                 task_id=task_id, queue=queue, cause=exc) from exc
 
     def _peek_meta(self, queue_name: str, task_id: str) -> Optional[Meta]:
-        grace = self.settings.peek_grace
-        message = self._store.run(lambda channel: peek(channel, queue_name, grace))
-        if message is None:
+        """The state stored in ``queue_name``, None if none or expired.
+
+        A broker that cannot be reached is retried for ``amqp_results_read_timeout``
+        seconds at most, then ResultBrokerError: a read must not hang a web request.
+        """
+        attempts = self.settings.peek_attempts
+        deadline = time.monotonic() + self.settings.read_timeout
+        message = self._store.run(lambda channel: peek(channel, queue_name, attempts),
+                                  deadline)
+        if message is None or expired(message):
             return None
         return self._decode(task_id, message, queue_name)
 
@@ -233,7 +268,7 @@ class AMQPBackend(BaseBackend):
             if waiter is not None:
                 waiter.forget_after_fork()
             waiter = Waiter(self._template.clone, self.topology, self._decode,
-                            self.settings.peek_grace, self.retry_policy)
+                            self.settings.peek_attempts, self.retry_policy)
             local.waiter, local.pid = waiter, os.getpid()
             if self._pid != local.pid:  # first waiter in a forked child
                 self._waiters, self._pid = weakref.WeakSet(), local.pid

@@ -1,11 +1,44 @@
 """Small AMQP channel operations that py-amqp lacks or that need care."""
 from __future__ import annotations
 
-from typing import Any, List
+import struct
+from typing import Any, List, Tuple
 
 from amqp import spec
+from amqp.serialization import dumps
 
 _RETURNS = "_amqp_results_returns"
+
+#: AMQP frame type of a method frame, and the frame-end octet.
+_METHOD_FRAME = 1
+_FRAME_END = b"\xce"
+
+#: A method without content: (class id, method id), argument signature, arguments.
+Method = Tuple[Tuple[int, int], str, tuple]
+
+def basic_get(queue_name: str) -> Method:
+    """``basic.get`` of ``queue_name``, the message to be acknowledged (or requeued)."""
+    return spec.Basic.Get, "Bsb", (0, queue_name, False)
+
+
+#: ``basic.nack`` of every message the channel holds, requeued; a no-op if none.
+NACK_ALL: Method = (spec.Basic.Nack, "Lbb", (0, True, True))
+
+
+def send_together(channel: Any, *methods: Method) -> None:
+    """Write ``methods`` on ``channel`` in one socket write, waiting for no answer.
+
+    py-amqp writes each method on its own; a process descheduled between two
+    writes would leave the broker with the first alone for as long (read.py).
+    The connection must not be written to by another thread meanwhile: pooled
+    and waiter connections are used by one thread at a time.
+    """
+    frames = []
+    for method, argsig, args in methods:
+        payload = struct.pack(">HH", *method) + dumps(argsig, args)
+        frames.append(struct.pack(">BHI", _METHOD_FRAME, channel.channel_id, len(payload))
+                      + payload + _FRAME_END)
+    channel.connection.transport.write(b"".join(frames))
 
 
 def nack_requeue(channel: Any, delivery_tag: int) -> None:

@@ -5,7 +5,8 @@ which every finished header task appends one message, and a newest-only queue,
 ``<prefix>chord-size.<group id>``, holding how many parts the chord waits for.
 
 A part appends its entry (confirmed), then asks the broker how many messages
-the log holds (``queue.declare`` passive).  Only when that count could mean
+the log holds (a ``basic.get``, which renews the log's expiry, with its requeue
+in the same write).  Only when that count could mean
 "complete" does it read the whole log, and it reads it under an *exclusive*
 consumer: RabbitMQ refuses a second exclusive consumer on the same queue, so
 at most one process looks at the log at a time, and the one that finds it
@@ -26,9 +27,9 @@ from amqp.exceptions import AccessRefused, NotFound
 from kombu.serialization import dumps, loads
 from kombu.utils.functional import LRUCache
 
-from .channel import nack_requeue, revived
+from .channel import revived
 from .naming import Names
-from .read import peek
+from .read import get_and_requeue, peek
 from .store import Store
 from .topology import Topology
 
@@ -97,11 +98,11 @@ class ChordLog:
     """Create, append to, count, take and delete the queues of native chords."""
 
     def __init__(self, store: Store, topology: Topology, names: Names,
-                 peek_grace: float) -> None:
+                 peek_attempts: int) -> None:
         self.store = store
         self.topology = topology
         self.names = names
-        self.peek_grace = peek_grace
+        self.peek_attempts = peek_attempts
         self._sizes: LRUCache = LRUCache(limit=SIZE_CACHE)
 
     # -- writing ----------------------------------------------------------------------
@@ -137,13 +138,19 @@ class ChordLog:
         """Append ``entry`` to the log; return how many messages it holds, None if it is gone.
 
         The count comes from a ``basic.get`` (the broker says how many messages
-        remain behind the one it hands out, which goes straight back): unlike a
-        passive declare, a get renews the log's ``x-expires``, so a chord lives
-        ``result_chord_expires`` after its last part; unlike an active declare, it
-        cannot bring back a log deleted once the body was sent.  A part counting
-        while another part holds the head for its own count sees one message
-        fewer, but the last part to count sees them all: any hold still open
-        then would belong to a part that counts later.
+        remain behind the one it hands out): unlike a passive declare, a get
+        renews the log's ``x-expires``, so a chord lives ``result_chord_expires``
+        after its last part, and unlike an active declare it cannot bring back a
+        log deleted once the body was sent.  The requeue of what the get took
+        leaves in the same write (read.get_and_requeue), so the get holds the
+        log's head only while the broker reads the next frame.  That matters: a
+        part counting while another part holds the head sees one message fewer,
+        and when the requeue waited for this process to run again, a part that
+        lost the CPU right after its get held the head while the last part
+        appended and counted, so both came up one short and the chord never
+        fired.  (A passive declare after the requeue is no cure: RabbitMQ answers
+        the count ahead of the requeue queued before it, measured on 3.10.8, so
+        every part would count its own held message out.)
         """
         log = self.topology.chord_log_queue(self.names.chord_queue(group_id))
         if not self.store.put_in(log, task_id, "CHORD", entry, content_type,
@@ -152,13 +159,12 @@ class ChordLog:
 
         def count(channel: Any) -> Optional[int]:
             try:
-                head = channel.basic_get(queue=log.name, no_ack=False)
+                head = get_and_requeue(channel, log.name)
             except NotFound:  # deleted since: the chord fired or was forgotten
                 revived(channel)
                 return None
             if head is None:
                 return 0  # another process holds the whole log; it counts again after
-            nack_requeue(channel, head.delivery_tag)
             return int(head.delivery_info.get("message_count") or 0) + 1
 
         return self.store.run(count)
@@ -182,7 +188,7 @@ class ChordLog:
         if known is not None:
             return known
         name = self.names.chord_size_queue(group_id)
-        message = self.store.run(lambda channel: peek(channel, name, self.peek_grace))
+        message = self.store.run(lambda channel: peek(channel, name, self.peek_attempts))
         if message is None:
             return None
         record = loads(message.body, message.properties.get("content_type"),

@@ -14,10 +14,21 @@ from .topology import QUEUE_TYPES
 #: All processes sharing a vhost must agree on it.
 DEFAULT_QUEUE_PREFIX = "celery-results."
 
-#: Seconds a reader keeps retrying when a result queue exists but is empty for
-#: an instant: another reader is holding the message between its ``basic.get``
-#: and its requeue.
+#: How many times, in all, a reader reads a result queue that exists but has
+#: nothing ready (another reader holds its state for an instant) before it
+#: answers PENDING (read.py).
+DEFAULT_PEEK_ATTEMPTS = 64
+
+#: Seconds a reader of the ``celery4`` topology keeps re-reading a queue that
+#: exists but is empty: there a Celery 4 reader declares the queue of a task it
+#: polls, so an empty queue is ordinary and only time can bound the wait.
 DEFAULT_PEEK_GRACE = 0.5
+
+#: Seconds a read (``AsyncResult.state``, ``get_task_meta``, ``GroupResult.restore``)
+#: may spend retrying a result broker it cannot reach before it raises
+#: ResultBrokerError.  Stores keep ``retry_policy`` (~19 s): a lost state is worse
+#: than a late one, and a web request polling a result should not hang.
+DEFAULT_READ_TIMEOUT = 2.0
 
 
 #: Largest serialized state, in bytes, that is published (RabbitMQ's default
@@ -48,12 +59,28 @@ def read_topology(conf: Mapping[str, Any]) -> str:
     return str(topology)
 
 
+def _seconds(conf: Mapping[str, Any], name: str, default: float) -> float:
+    """Setting ``name``: a number of seconds >= 0 (None: ``default``), else a clear error."""
+    value = conf.get(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     """The package's settings, with their defaults."""
 
     queue_prefix: str = DEFAULT_QUEUE_PREFIX
+    peek_attempts: int = DEFAULT_PEEK_ATTEMPTS
     peek_grace: float = DEFAULT_PEEK_GRACE
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     ssl: Optional[Any] = None
     max_result_size: Optional[int] = DEFAULT_MAX_RESULT_SIZE
     #: RabbitMQ management API root for ``celery amqp-results`` (None: derived
@@ -71,10 +98,12 @@ class Settings:
         prefix = conf.get("amqp_results_queue_prefix") or DEFAULT_QUEUE_PREFIX
         if not isinstance(prefix, str):
             raise TypeError(f"amqp_results_queue_prefix must be a string, got {prefix!r}")
-        grace = conf.get("amqp_results_peek_grace")
-        grace = DEFAULT_PEEK_GRACE if grace is None else float(grace)
-        if grace < 0:
-            raise ValueError(f"amqp_results_peek_grace must be >= 0, got {grace!r}")
+        grace = _seconds(conf, "amqp_results_peek_grace", DEFAULT_PEEK_GRACE)
+        attempts = conf.get("amqp_results_peek_attempts", DEFAULT_PEEK_ATTEMPTS)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(
+                f"amqp_results_peek_attempts must be a whole number >= 1, got {attempts!r}")
+        read_timeout = _seconds(conf, "amqp_results_read_timeout", DEFAULT_READ_TIMEOUT)
         size = conf.get("amqp_results_max_result_size", DEFAULT_MAX_RESULT_SIZE)
         if size is not None and (isinstance(size, bool) or not isinstance(size, int)
                                  or size <= 0):
@@ -107,6 +136,7 @@ class Settings:
             raise ValueError(
                 "amqp_results_queue_type 'quorum' needs the default topology: Celery 4's "
                 "result queues are auto-delete, which quorum queues cannot be")
-        return cls(queue_prefix=prefix, peek_grace=grace, ssl=use_ssl,
+        return cls(queue_prefix=prefix, peek_attempts=attempts, peek_grace=grace,
+                   read_timeout=read_timeout, ssl=use_ssl,
                    max_result_size=size, management_url=management_url,
                    topology=topology, queue_type=queue_type)

@@ -15,7 +15,7 @@ from .channel import returns_of, revived
 from .connection import ConnectionPool, broker_error, failures
 from .errors import ResultBrokerError, ResultStoreError
 from .replace import replace
-from .topology import NoCacheQueue, Topology
+from .topology import EXPIRES_AT, NoCacheQueue, Topology
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,8 @@ STORED_CACHE_SIZE = 10_000
 REPLACE_GRACE = 0.5
 
 
-class Unavailable(Exception):
-    """The queue cannot take a state just now; ``error`` is raised once retries run out."""
-
-    def __init__(self, error: ResultStoreError) -> None:
-        super().__init__(str(error))
-        self.error = error
+class Unavailable(ResultStoreError):
+    """The queue cannot take a state just now: retried, then raised as a ResultStoreError."""
 
 
 def declare_exchange(channel: Any, topology: Topology) -> None:
@@ -79,8 +75,11 @@ class Store:
         #: holding its message, not nothing to replace (replace.py).
         self._stored = LRUCache(limit=STORED_CACHE_SIZE)
 
-    def run(self, operation: Callable[[Any], T]) -> T:
+    def run(self, operation: Callable[[Any], T], deadline: Optional[float] = None) -> T:
         """Run ``operation(channel)`` on a pooled connection, retrying by the retry policy.
+
+        With a ``deadline`` (``time.monotonic()``), what a read passes, retries also
+        stop there, and no connection attempt waits past it.
 
         The loop is ours rather than kombu's ``Connection.ensure``: ensure connects a
         fresh connection with kombu's own retry defaults (2 s apart, ~6 s in all,
@@ -92,28 +91,43 @@ class Store:
         interval_max = float(policy.get("interval_max", 1))
         intervals = fxrange(policy.get("interval_start", 0), interval_max,
                             policy.get("interval_step", 1), repeatlast=True)
+
+        def pause_or_give_up(retries: int, error: Exception, cause: BaseException) -> None:
+            pause = min(float(next(intervals)), interval_max)
+            left = None if deadline is None else deadline - time.monotonic()
+            if (max_retries is not None and retries >= max_retries) or (
+                    left is not None and left <= 0):
+                raise error from cause
+            time.sleep(pause if left is None else min(pause, left))
+
         with self.pool.acquire() as conn:
+            connect_timeout = conn.connect_timeout
             for retries in itertools.count():
                 try:
-                    conn.ensure_connection(max_retries=0)  # one attempt, no sleep
+                    if deadline is not None and not conn.connected:
+                        # A host that drops packets would hold the connect for the
+                        # whole connect_timeout (4 s): never past the deadline.
+                        conn.connect_timeout = max(0.05, min(
+                            connect_timeout or 4, deadline - time.monotonic()))
+                    try:
+                        conn.ensure_connection(max_retries=0)  # one attempt, no sleep
+                    finally:
+                        conn.connect_timeout = connect_timeout
                     return operation(conn.default_channel)
                 except Unavailable as exc:
                     # A quorum queue electing a new leader (nacks for ~0.4 s), or a
                     # classic queue whose node is down (it may come back).  Retried
                     # on a new connection: the channel a quorum queue nacked keeps
                     # being nacked after the new leader is elected (measured).
-                    if max_retries is not None and retries >= max_retries:
-                        raise exc.error from exc
                     conn.collect()
-                    time.sleep(min(float(next(intervals)), interval_max))
+                    pause_or_give_up(retries, ResultStoreError(*exc.args), exc)
                 except failures(conn) as exc:
                     error = broker_error(conn, exc)
-                    if not error.retryable or (
-                            max_retries is not None and retries >= max_retries):
+                    if not error.retryable:
                         raise error from exc
                     conn.collect()
                     conn.maybe_switch_next()  # failover URLs: the next host, as ensure did
-                    time.sleep(min(float(next(intervals)), interval_max))
+                    pause_or_give_up(retries, error, exc)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def put(self, task_id: str, state: str, queue_name: str, routing_key: Optional[str],
@@ -155,8 +169,9 @@ class Store:
             "delivery_mode": self.topology.delivery_mode,
             "correlation_id": task_id,
         }
-        if expire and self.topology.message_expiration:
-            properties["expiration"] = self.topology.message_expiration
+        if expire and self.topology.expires:
+            properties["application_headers"] = {
+                EXPIRES_AT: int(time.time() * 1000) + self.topology.expires_ms}
         return properties
 
     def _publish(self, channel: Any, queue: NoCacheQueue, body: bytes,
@@ -190,18 +205,17 @@ class Store:
         except NotFound as exc:
             if "down or inaccessible" not in str(exc):
                 raise
-            raise Unavailable(ResultStoreError(
+            raise Unavailable(
                 f"the node holding queue {queue_name!r} is down: the {state} state of "
-                f"task {task_id!r} was not stored", task_id=task_id, state=state)) from exc
+                f"task {task_id!r} was not stored", task_id=task_id, state=state) from exc
         except amqp.exceptions.MessageNacked as exc:
             # Caught here: kombu would re-raise it as a connection error.
-            error = ResultStoreError(
-                f"the broker refused (nack) the {state} state of task {task_id!r} "
-                f"in queue {queue_name!r}", task_id=task_id, state=state)
+            refused = (f"the broker refused (nack) the {state} state of task {task_id!r} "
+                       f"in queue {queue_name!r}")
             if quorum:
                 # A quorum queue nacks while it elects a new leader (~0.4 s).
-                raise Unavailable(error) from exc
-            raise error from exc
+                raise Unavailable(refused, task_id=task_id, state=state) from exc
+            raise ResultStoreError(refused, task_id=task_id, state=state) from exc
         raise ResultStoreError(
             f"the broker returned the {state} state of task {task_id!r} as "
             f"unroutable twice: queue {queue_name!r} vanished right after "

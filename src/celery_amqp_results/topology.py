@@ -5,8 +5,8 @@ Default topology (README "Broker topology"):
 * one durable queue per task, ``<prefix>task.<task_id>``, that keeps only the
   newest state (``x-max-length=1`` + ``x-overflow=drop-head``) and goes away
   ``result_expires`` after its last use (``x-expires``).  States are published
-  to it through the default exchange, each with a per-message TTL of
-  ``result_expires``, so a result disappears that long after it was stored;
+  to it through the default exchange, each with an ``expires-at`` header
+  ``result_expires`` after it was stored, past which readers treat it as gone;
 * one exchange, ``result_exchange`` (durable), on which every state is
   published a second time with the task id as routing key, for waiters;
 * one exclusive queue per waiting thread, bound to that exchange for the task
@@ -34,6 +34,13 @@ from .naming import Names
 
 #: Queue arguments that make a queue keep only the newest state.
 NEWEST_ONLY = {"x-max-length": 1, "x-overflow": "drop-head"}
+
+#: Header of every stored state: when it expires, in milliseconds since the epoch by
+#: the storing process's clock.  A state has no broker-side TTL: one the broker
+#: dropped would leave its queue empty, and readers could no longer tell an
+#: expired result from one another reader holds (read.py).  Readers treat a
+#: state past this time as gone; the queue's ``x-expires`` removes it later.
+EXPIRES_AT = "expires-at"
 
 #: Values of ``amqp_results_queue_type``: the kind of queue results are stored in.
 QUEUE_TYPES = ("classic", "quorum")
@@ -91,9 +98,6 @@ class Topology:
             self.queue_arguments.update(QUORUM)
         if self.expires:
             self.queue_arguments["x-expires"] = self.expires_ms
-        #: AMQP ``expiration`` property of every stored state, or None to keep it.
-        self.message_expiration: Optional[str] = (
-            str(self.expires_ms) if self.expires else None)
         chord_expires = chord_expires if chord_expires is not None else self.expires
         self.chord_arguments: Dict[str, Any] = {}
         if chord_expires and chord_expires > 0:

@@ -33,7 +33,7 @@ from celery.exceptions import TimeoutError
 from kombu import Connection
 
 from .connection import broker_error
-from .read import peek
+from .read import expired, peek
 from .store import declare_exchange
 from .topology import Topology
 
@@ -96,11 +96,11 @@ class Waiter:
     """
 
     def __init__(self, connection_factory: Callable[[], Connection], topology: Topology,
-                 decode: Decoder, peek_grace: float, retry_policy: Dict[str, Any]) -> None:
+                 decode: Decoder, peek_attempts: int, retry_policy: Dict[str, Any]) -> None:
         self._factory = connection_factory
         self.topology = topology
         self._decode = decode
-        self._grace = peek_grace
+        self._peek_attempts = peek_attempts
         self._retry_policy = retry_policy
         self.queue_name = f"{topology.names.waiter_prefix}{uuid.uuid4().hex}"
         self._conn: Optional[Connection] = None
@@ -215,10 +215,9 @@ class Waiter:
         instead of six, and an unfinished one costs one more peek after binding.
         """
         self._connect(session.deadline)
-        names = self.topology.names
         if session.generation == -1 and len(session.pending) == 1:
             (task_id,) = session.pending
-            message = peek(self._peek_channel, names.task_queue(task_id), self._grace)
+            message = self._peek(task_id)
             if message is not None:
                 meta = self._decode(task_id, message)
                 if meta["status"] in states.READY_STATES:
@@ -240,9 +239,15 @@ class Waiter:
             self._consumer_tag = channel.basic_consume(
                 queue=self.queue_name, no_ack=True, callback=self._on_message)
         for task_id in sorted(session.pending):
-            message = peek(self._peek_channel, names.task_queue(task_id), self._grace)
+            message = self._peek(task_id)
             if message is not None:
                 session.inbox.append((task_id, message, True))
+
+    def _peek(self, task_id: str) -> Optional[Any]:
+        """The stored state of ``task_id`` (left in its queue), None if none or expired."""
+        message = peek(self._peek_channel, self.topology.names.task_queue(task_id),
+                       self._peek_attempts)
+        return None if message is None or expired(message) else message
 
     def _on_message(self, message: Any) -> None:
         task_id = message.properties.get("correlation_id") or \

@@ -9,14 +9,21 @@ drop the history of intermediate states.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
-from ..channel import nack_requeue
-from ..read import within_grace
+from amqp.exceptions import NotFound
 
+from ..channel import nack_requeue, revived
+
+T = TypeVar("T")
 Meta = Dict[str, Any]
 #: Decodes a raw message of a task id found in a queue into its state.
 Decoder = Callable[[str, Any, str], Meta]
+
+#: First and longest pause, in seconds, between reads of a queue found empty.
+FIRST_PAUSE = 0.0005
+LONGEST_PAUSE = 0.005
 
 def newest_state(channel: Any, name: str, task_id: str, decode: Decoder,
                  grace: float) -> Optional[Meta]:
@@ -29,6 +36,33 @@ def newest_state(channel: Any, name: str, task_id: str, decode: Decoder,
     """
     message = within_grace(channel, lambda: _fast_forward(channel, name, task_id), grace)
     return None if message is None else decode(task_id, message, name)
+
+
+def within_grace(channel: Any, read: Callable[[], Optional[T]], grace: float) -> Optional[T]:
+    """``read()`` until it finds something, for up to ``grace`` seconds after the first miss.
+
+    None at once if the queue does not exist (``read`` raised NotFound: the broker
+    closed ``channel`` and py-amqp reopened it).  Pauses grow from 0.5 ms to 5 ms.
+    In this topology an empty queue is ordinary (a Celery 4 reader declares the
+    queue of a task it polls), so the bound is time, ``amqp_results_peek_grace``.
+    """
+    deadline: Optional[float] = None
+    pause = FIRST_PAUSE
+    while True:
+        try:
+            found = read()
+        except NotFound:
+            revived(channel)
+            return None
+        if found is not None:
+            return found
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + grace
+        if now >= deadline:
+            return None
+        time.sleep(min(pause, deadline - now))
+        pause = min(pause * 2, LONGEST_PAUSE)
 
 
 def _fast_forward(channel: Any, name: str, task_id: str) -> Optional[Any]:
