@@ -7,6 +7,8 @@ would store them.  Bindings and connections are checked with rabbitmqctl.
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import ssl
 import subprocess
 import sys
@@ -14,8 +16,9 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, List, TypeVar
+from typing import Any, Awaitable, Callable, Dict, List, Tuple, TypeVar
 
+import aio_pika
 import pytest
 from celery import states
 from celery.exceptions import TimeoutError
@@ -26,6 +29,8 @@ from celery_amqp_results.aio import AsyncResults, HubClosed
 from celery_amqp_results.aio.connect import addresses, ssl_context
 from tests import broker
 from tests.conftest import ROOT, make_app
+from tests.test_read_path import _publish_raw as publish_raw
+from tests.test_read_path import qname
 
 T = TypeVar("T")
 
@@ -553,3 +558,173 @@ def test_tls_options_mean_what_they_mean_to_py_amqp() -> None:
         ssl_context({"server_hostname": "other"}, "h")
     with pytest.raises(ValueError, match="bogus"):
         ssl_context({"bogus": 1}, "h")
+
+
+# -- issue 11, item 5: no stray output, errors as the synchronous API words them ----------
+
+#: Loggers whose records a user would see; asyncio's own included.
+QUIET_LOGGERS = ("aio_pika", "aiormq", "asyncio", "celery_amqp_results", "")
+
+
+@pytest.fixture
+def silence(capfd, caplog):
+    """Asserts, after the test body, that nothing reached stderr or a log at WARNING+."""
+    caplog.set_level(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        caplog.set_level(logging.WARNING, logger=name)
+
+    def check() -> None:
+        err = capfd.readouterr().err
+        loud = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+                if r.levelno >= logging.WARNING]
+        assert err == "" and loud == [], (err, loud)
+
+    return check
+
+
+def test_200_concurrent_gets_print_nothing(app, writer, silence) -> None:
+    """Failed before: closing while the link's binder was unbinding the last ids
+    cancelled that Queue.Unbind RPC, and aiormq logged "Closing channel ... cancelled"."""
+    ids = [new_id() for _ in range(200)]
+
+    async def main() -> List[Any]:
+        async with AsyncResults(app) as results:
+            waits = [asyncio.ensure_future(results.get(task_id, timeout=60)) for task_id in ids]
+            await armed(results, ids)
+            await in_thread(lambda: [writer.mark_as_done(task_id, 1) for task_id in ids])
+            # Closed at once: unbinds of the last ids are still queued or in flight.
+            return await asyncio.gather(*waits)
+
+    assert run(main()) == [1] * 200
+
+    async def finished() -> List[Any]:
+        async with AsyncResults(app) as results:
+            return await asyncio.gather(*(results.get(task_id, timeout=60) for task_id in ids))
+
+    assert run(finished()) == [1] * 200
+    silence()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound by the kernel, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_nothing_listening_is_a_broker_error_like_the_sync_one(silence) -> None:
+    """Failed before: get_meta retried for the stores' ~19 s, aiormq logged "error when
+    creating transport" on every try, and a get with a deadline raised a bare
+    TimeoutError with no cause; the reason read differently from the sync API's."""
+    port = closed_port()
+    app = make_app(f"amqp://someone:pw@127.0.0.1:{port}/vh")
+    where = f"127.0.0.1:{port} vhost 'vh' as user 'someone'"
+    sync_read = sync_wait = None
+    try:
+        with pytest.raises(ResultBrokerError) as caught:
+            app.backend.get_task_meta(new_id())
+        sync_read = caught.value
+        with pytest.raises(TimeoutError) as timed_out:
+            app.AsyncResult(new_id()).get(timeout=1)
+        sync_wait = timed_out.value
+    finally:
+        app.backend.close()
+
+    async def main() -> Tuple[ResultBrokerError, TimeoutError]:
+        async with AsyncResults(app) as results:
+            began = time.monotonic()
+            with pytest.raises(ResultBrokerError) as read_error:
+                await results.get_meta(new_id())
+            assert time.monotonic() - began < 10
+            with pytest.raises(TimeoutError) as wait_error:
+                await results.get(new_id(), timeout=1)
+            return read_error.value, wait_error.value
+
+    read_error, wait_error = run(main())
+    assert str(read_error) == str(sync_read), (str(read_error), str(sync_read))
+    assert where in str(read_error) and read_error.retryable
+    assert isinstance(read_error.__cause__, OSError), repr(read_error.__cause__)
+    assert str(wait_error) == str(sync_wait), (str(wait_error), str(sync_wait))
+    assert isinstance(wait_error.__cause__, OSError), repr(wait_error.__cause__)
+    silence()
+
+
+def test_unknown_vhost_names_the_real_user() -> None:
+    """Failed before: the password 'guest' was masked in the whole message, user included."""
+    name = "no-such-vhost-" + uuid.uuid4().hex[:6]
+    app = make_app(broker.url_for(name))
+    try:
+        with pytest.raises(ResultBrokerError) as caught:
+            app.backend.get_task_meta(new_id())
+        sync_error = caught.value
+    finally:
+        app.backend.close()
+
+    async def main() -> ResultBrokerError:
+        async with AsyncResults(app) as results:
+            with pytest.raises(ResultBrokerError) as caught:
+                await results.get_meta(new_id())
+            return caught.value
+
+    error = run(main())
+    prefix = f"cannot use the result broker at 127.0.0.1:5672 vhost {name!r} as user 'guest': "
+    assert str(sync_error).startswith(prefix)
+    assert str(error).startswith(prefix), str(error)
+    assert "****" not in str(error) and not error.retryable
+    assert error.__cause__ is not None
+
+
+# -- issue 11, item 5: the read path of read.py ----------------------------------------------
+
+
+def test_an_expired_state_reads_pending_as_in_the_sync_read(app, vhost) -> None:
+    """Failed before: the asyncio peek ignored expires-at and returned the stale state."""
+    past, future = new_id(), new_id()
+    now_ms = int(time.time() * 1000)
+    publish_raw(vhost, past, now_ms - 1000)
+    publish_raw(vhost, future, now_ms + 3_600_000)
+    assert app.backend.get_task_meta(past, cache=False)["status"] == states.PENDING
+
+    async def main() -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+        async with AsyncResults(app) as results:
+            with pytest.raises(TimeoutError):
+                await results.get(past, timeout=0)
+            return (await results.get_meta(past), await results.get_meta(future),
+                    await results.wait(future, timeout=10))
+
+    expired, kept, waited = run(main())
+    assert expired["status"] == states.PENDING
+    assert (kept["status"], kept["result"]) == (states.SUCCESS, "r")
+    assert waited["result"] == "r"
+    with broker.RawBroker(vhost) as raw:
+        assert raw.message_count(qname(past)) == 1  # reading removed nothing
+
+
+def test_an_empty_queue_is_read_peek_attempts_times_then_pending(url, vhost,
+                                                                 monkeypatch) -> None:
+    """Failed before: an existing empty queue was re-read for peek_grace (time), however
+    many reads that took, not amqp_results_peek_attempts times."""
+    app = make_app(url, amqp_results_peek_attempts=5, amqp_results_peek_grace=30)
+    task_id = new_id()
+    with broker.RawBroker(vhost) as raw:
+        raw.channel.queue_declare(qname(task_id), durable=True, auto_delete=False,
+                                  arguments={"x-max-length": 1, "x-overflow": "drop-head",
+                                             "x-expires": 86400000})
+    gets: List[str] = []
+    original = aio_pika.Queue.get
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        gets.append(self.name)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(aio_pika.Queue, "get", counted)
+
+    async def main() -> Dict[str, Any]:
+        async with AsyncResults(app) as results:
+            return await asyncio.wait_for(results.get_meta(task_id), 10)
+
+    try:
+        assert run(main())["status"] == states.PENDING
+        assert gets == [qname(task_id)] * 5
+    finally:
+        app.backend.close()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import aio_pika
 import aiormq.exceptions
@@ -135,16 +136,34 @@ def describe_failure(address: Address, exc: BaseException) -> ResultBrokerError:
             OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError))
     if refused_vhost:
         # aiormq drops the broker's reply text here; the broker closes the connection
-        # at Connection.Open only for a vhost it does not have or the user may not use.
-        reason = (f"the broker refused to open vhost {address.vhost!r} (no such vhost, "
-                  f"or user {address.login!r} may not use it)")
+        # at Connection.Open (530 NOT_ALLOWED) only for a vhost it does not have or the
+        # user may not use.  Built from the address alone: nothing to mask.
+        reason = (f"Connection.open: NOT_ALLOWED - no vhost {address.vhost!r}, or user "
+                  f"{address.login!r} may not use it")
     else:
-        reason = f"{type(exc).__name__}: {exc}"
-    if address.password:
-        reason = reason.replace(address.password, "****")
+        reason = _reason(exc)
+        if address.password:
+            # Only the library's text can hold the password; the address parts are
+            # ours (a user named like the password stays named).
+            reason = reason.replace(address.password, "****")
     return ResultBrokerError(
         f"cannot use the result broker at {address.describe()}: {reason}",
         retryable=not final)
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause as py-amqp words it, so both APIs print the same line for one failure.
+
+    asyncio says "[Errno 111] Connect call failed ('host', port)" where the socket
+    module (py-amqp) says "[Errno 111] Connection refused"; a connect timeout is
+    "timed out" in both.
+    """
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and \
+            not isinstance(exc, ssl.SSLError):
+        return f"[Errno {exc.errno}] {os.strerror(exc.errno)}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def connect(address: Address, name: str) -> aio_pika.abc.AbstractConnection:
@@ -154,6 +173,10 @@ async def connect(address: Address, name: str) -> aio_pika.abc.AbstractConnectio
     again, which only they know how to do, so reconnecting is theirs.
     """
     context = ssl_context(address.ssl_options, address.host)
+    try:
+        await reachable(address, context)
+    except Exception as exc:
+        raise describe_failure(address, exc) from exc
     try:
         return await aio_pika.connect(
             host=address.host, port=address.port, login=address.login,
@@ -170,14 +193,40 @@ async def connect(address: Address, name: str) -> aio_pika.abc.AbstractConnectio
         raise error from (exc if safe else None)
 
 
+async def reachable(address: Address, context: Optional[ssl.SSLContext]) -> None:
+    """Open and close the transport aiormq is about to open (TCP, and TLS if asked).
+
+    aiormq logs every transport it fails to create at ERROR ("error when creating
+    transport") before raising, and a broker that is down fails there on every try;
+    trying the transport here first lets that failure come to the caller as a
+    ResultBrokerError and nothing else.  The broker sees a connection that closes
+    before the AMQP header, which it drops without a word.
+    """
+    timeout = address.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+    _, writer = await asyncio.wait_for(
+        asyncio.open_connection(address.host, address.port, ssl=context), timeout)
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:  # pragma: no cover - the peer may reset the unused connection
+        pass
+
+
+#: Connect timeout when the backend's connection sets none (kombu's default for it).
+DEFAULT_CONNECT_TIMEOUT = 4.0
+
+
 async def connect_any(candidates: List[Address], name: str, policy: Mapping[str, Any],
-                      deadline: Optional[float]) -> aio_pika.abc.AbstractConnection:
+                      deadline: Optional[float],
+                      on_failure: Optional[Callable[[ResultBrokerError], None]] = None,
+                      ) -> aio_pika.abc.AbstractConnection:
     """Connect to the first broker of ``candidates`` that answers, retrying by ``policy``.
 
     ``policy`` is the backend's retry policy (max_retries, interval_start/step/max).
     A refused login, unknown vhost or TLS failure raises at once.  With a deadline
     (event-loop time), a broker that stays away past it is a celery TimeoutError,
-    as it is for the synchronous waiter.
+    as it is for the synchronous waiter.  ``on_failure`` hears of each failed try,
+    so a caller that stops waiting before the retries end can say why.
     """
     loop = asyncio.get_running_loop()
     max_retries = policy.get("max_retries")
@@ -197,6 +246,8 @@ async def connect_any(candidates: List[Address], name: str, policy: Mapping[str,
                     f"The operation timed out while connecting to the result broker "
                     f"at {address.describe()}") from exc
             except ResultBrokerError as exc:
+                if on_failure is not None:
+                    on_failure(exc)
                 if not exc.retryable:
                     raise
                 last = exc

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Protocol, Set
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from ..errors import ResultBrokerError
 from ..topology import Topology
 from .background import retrieve as _retrieve
 from .connect import Address, connect_any
@@ -34,11 +35,11 @@ class HubClosed(RuntimeError):
 class Hub:
     """One event loop's connection for waits, opened lazily, reopened after a loss."""
 
-    def __init__(self, candidates: List[Address], topology: Topology, grace: float,
+    def __init__(self, candidates: List[Address], topology: Topology, peek_attempts: int,
                  retry_policy: Mapping[str, Any]) -> None:
         self._candidates = candidates
         self.topology = topology
-        self._grace = grace
+        self._peek_attempts = peek_attempts
         self._policy = dict(retry_policy)
         self.queue_name = f"{topology.names.waiter_prefix}{uuid.uuid4().hex}"
         self._link: Optional[Link] = None
@@ -47,6 +48,9 @@ class Hub:
         self._routes: Dict[str, Set[Listener]] = {}
         self._listeners: Set[Listener] = set()
         self.closed = False
+        #: Why the last try to connect failed, until a connection opens: a caller
+        #: whose deadline passes while the retries go on names this cause.
+        self.failure: Optional[ResultBrokerError] = None
 
     async def link(self, retry: bool = True) -> Link:
         """The open link; connecting first if there is none (or it was lost).
@@ -69,18 +73,40 @@ class Hub:
     async def _open(self, retry: bool) -> Link:
         policy = self._policy if retry else dict(self._policy, max_retries=0)
         connection = await connect_any(
-            self._candidates, f"celery-amqp-results asyncio {self.queue_name}", policy, None)
+            self._candidates, f"celery-amqp-results asyncio {self.queue_name}", policy, None,
+            on_failure=self._failed)
         try:
             link = await Link.open(connection, self.topology, self.queue_name,
-                                   self._grace, self._deliver, self._lost)
+                                   self._peek_attempts, self._deliver, self._lost)
         except BaseException:
             await connection.close()
             raise
         if self.closed:
             await link.close()
             raise HubClosed("AsyncResults is closed")
-        self._link = link
+        self._link, self.failure = link, None
         return link
+
+    def _failed(self, error: ResultBrokerError) -> None:
+        self.failure = error
+
+    async def link_by(self, deadline: float) -> Link:
+        """``link()``, but a ResultBrokerError once event-loop time passes ``deadline``.
+
+        The connection attempt goes on for the other callers; the error is the last
+        try's (its cause the underlying error), as the synchronous read reports it.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(self.link(), max(deadline - loop.time(), 0.001))
+        except asyncio.TimeoutError as exc:
+            failure = self.failure
+            if failure is None:
+                # No try has failed yet: the broker is slow to answer the first one.
+                raise ResultBrokerError(
+                    f"cannot use the result broker at {self._candidates[0].describe()}: "
+                    f"timed out") from exc
+            raise ResultBrokerError(*failure.args) from failure.__cause__
 
     def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -5,7 +5,9 @@ The connection owns one exclusive queue, consumed from the moment it is opened
 counted per task id: the first waiter of an id binds it, the last one to leave
 unbinds it.  Binds and unbinds run in the order they were asked for, one at a
 time, in a task of the link's own, so a waiter that is cancelled only has to
-count down (no await) and can never interrupt an RPC halfway.
+count down (no await) and can never interrupt an RPC halfway.  That task is
+never cancelled either: aiormq closes a channel whose RPC is cancelled (and logs
+a warning), so on close the binder finishes the RPC in flight and skips the rest.
 """
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ logger = logging.getLogger(__name__)
 OnMessage = Callable[[str, AbstractIncomingMessage], None]
 #: Called once with the cause when the link breaks (connection or channel lost).
 OnLost = Callable[[BaseException], None]
+
+
+#: Longest wait on close for the bind or unbind in flight to be answered.
+BINDER_STOP_TIMEOUT = 5.0
 
 
 class LinkLost(ConnectionError):
@@ -65,7 +71,7 @@ class Link:
 
     @classmethod
     async def open(cls, connection: AbstractConnection, topology: Topology, queue_name: str,
-                   grace: float, on_message: OnMessage, on_lost: OnLost) -> Link:
+                   peek_attempts: int, on_message: OnMessage, on_lost: OnLost) -> Link:
         """Declare the exchange and the exclusive waiter queue on ``connection``; consume it."""
         channel = await connection.channel(channel_number=WAITER_CHANNEL,
                                            publisher_confirms=False)
@@ -75,7 +81,7 @@ class Link:
         # Exclusive, so it goes with the connection; consumed for the link's whole life.
         queue = await channel.declare_queue(queue_name, durable=False, exclusive=True,
                                             auto_delete=False)
-        link = cls(connection, channel, exchange, queue, Peeker(connection, grace), on_lost)
+        link = cls(connection, channel, exchange, queue, Peeker(connection, peek_attempts), on_lost)
 
         async def deliver(message: AbstractIncomingMessage) -> None:
             task_id = message.correlation_id or message.routing_key
@@ -140,8 +146,14 @@ class Link:
         self._wake.set()
 
     async def _run_binder(self) -> None:
-        """Run binds and unbinds in the order asked, one at a time, until the link breaks."""
+        """Run binds and unbinds in the order asked, one at a time, until the link ends."""
         while True:
+            if self._closing or self.lost is not None:
+                # What is left needs no RPC: the exclusive queue and its bindings go
+                # with the connection.
+                self._fail_queued(LinkLost("the link was closed"))
+                self._idle.set()
+                return
             if not self._ops:
                 self._idle.set()
                 self._wake.clear()
@@ -190,11 +202,7 @@ class Link:
             if not future.done():
                 future.set_exception(failure)
                 future.exception()  # retrieved: nobody may be left to await it
-        for _, _, queued in self._ops:
-            if queued is not None and not queued.done():
-                queued.set_exception(failure)
-                queued.exception()
-        self._ops.clear()
+        self._fail_queued(failure)
         self._count.clear()
         self._bound.clear()
         self._idle.set()
@@ -203,20 +211,38 @@ class Link:
             self._closing = True
             self._shutting = asyncio.ensure_future(self._shut())
 
+    def _fail_queued(self, failure: BaseException) -> None:
+        """Drop the binds and unbinds not run yet; whoever awaits a bind gets ``failure``."""
+        for _, _, queued in self._ops:
+            if queued is not None and not queued.done():
+                queued.set_exception(failure)
+                queued.exception()  # retrieved: nobody may be left to await it
+        self._ops.clear()
+
     async def _shut(self) -> None:
-        self._binder.cancel()
+        self._wake.set()  # the binder sees the loss and ends; an RPC in flight fails
         try:
             await self.connection.close()
         except Exception:  # pragma: no cover - best effort on a broken connection
             pass
 
+    async def _stop_binder(self) -> None:
+        """Let the binder finish its RPC in flight (if any) and end, without cancelling it."""
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._binder), BINDER_STOP_TIMEOUT)
+        except asyncio.TimeoutError:  # pragma: no cover - a broker that stopped answering
+            self._binder.cancel()
+        except Exception:  # pragma: no cover - its failure was handled by _break
+            pass
+
     async def close(self) -> None:
         """Close the connection; its exclusive queue and bindings go with it."""
         self._closing = True
-        self._binder.cancel()
         if self.lost is None:
             self.lost = LinkLost("closed")
         try:
+            await self._stop_binder()
             await self.peeker.close()
         finally:
             if not self.connection.is_closed:

@@ -6,6 +6,9 @@ missing queue (the task has no state: PENDING) makes the broker close the
 channel, so peeks run on a small pool of channels and a closed one is replaced.
 A replacement never takes a number freed a moment ago (see ``_open``).
 Each peek runs shielded from the caller's cancellation (``background.py``).
+As in ``read.peek``, a queue that exists with nothing ready is read again a
+number of times (``amqp_results_peek_attempts``), never for a span of time, and
+a state past its ``expires-at`` is no state.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import List, Optional, Set
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from ..read import FIRST_PAUSE, LONGEST_PAUSE
+from ..read import FIRST_PAUSE, LONGEST_PAUSE, headers_expired
 from .background import retrieve, shielded
 
 #: How many peeks run at once on one connection (one channel each).
@@ -31,12 +34,12 @@ AMQP_CHANNEL_MAX = 65535
 class Peeker:
     """Peeks result queues over one connection with at most ``channels`` in flight."""
 
-    def __init__(self, connection: AbstractConnection, grace: float,
+    def __init__(self, connection: AbstractConnection, attempts: int,
                  channels: int = DEFAULT_CHANNELS) -> None:
         if channels < 1:
             raise ValueError(f"channels must be at least 1, got {channels!r}")
         self._connection = connection
-        self._grace = grace
+        self._attempts = max(attempts, 1)
         self._idle: List[AbstractChannel] = []
         self._slots = asyncio.Semaphore(channels)
         self._in_use: Set[int] = set()
@@ -48,18 +51,23 @@ class Peeker:
         self._next = WAITER_CHANNEL + 1
 
     async def peek(self, queue_name: str) -> Optional[AbstractIncomingMessage]:
-        """The newest message of ``queue_name``, left in the queue; None if there is none.
+        """The newest message of ``queue_name``, left in the queue; None if there is none
+        or it has expired.
 
-        An existing but empty queue is read again for up to the grace period:
-        another reader holds its message for an instant (see ``read.peek``).
+        An existing but empty queue is read up to ``attempts`` times in all: another
+        reader may hold its message for an instant (see ``read.peek``).
         """
-        return await shielded(self._peek(queue_name))
+        message = await shielded(self._peek(queue_name))
+        if message is None or headers_expired(message.headers):
+            return None
+        return message
 
     async def _peek(self, queue_name: str) -> Optional[AbstractIncomingMessage]:
-        loop = asyncio.get_running_loop()
-        deadline: Optional[float] = None
         pause = FIRST_PAUSE
-        while True:
+        for attempt in range(self._attempts):
+            if attempt:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LONGEST_PAUSE)
             async with self._slots:
                 channel = self._idle.pop() if self._idle else await self._open()
                 try:
@@ -79,13 +87,7 @@ class Peeker:
                     self._idle.append(channel)
             if message is not None:
                 return message
-            now = loop.time()
-            if deadline is None:
-                deadline = now + self._grace
-            if now >= deadline:
-                return None
-            await asyncio.sleep(min(pause, deadline - now))
-            pause = min(pause * 2, LONGEST_PAUSE)
+        return None
 
     async def _open(self) -> AbstractChannel:
         """A new channel whose number was not used recently.

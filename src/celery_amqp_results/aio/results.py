@@ -7,6 +7,7 @@ thread per waiter.  Results are read the way the synchronous backend reads them
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator, Dict, Iterable, Optional, Tuple
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -44,18 +45,21 @@ class AsyncResults:
         self.backend = backend
         self._names = backend.names
         self._hub = Hub(addresses(backend.connection_template), backend.topology,
-                        backend.settings.peek_grace, backend.retry_policy)
+                        backend.settings.peek_attempts, backend.retry_policy)
 
     # -- reading -------------------------------------------------------------------------
 
     async def get_meta(self, task_id: str) -> Meta:
         """The newest state of ``task_id`` (PENDING if none), as ``backend.get_task_meta``.
 
-        One peek: the state stays stored for every other reader.
+        One peek: the state stays stored for every other reader.  A broker that
+        cannot be reached is retried for ``amqp_results_read_timeout`` seconds at
+        most, then ResultBrokerError, as the synchronous read does.
         """
         queue_name = self._names.task_queue(task_id)
+        deadline = asyncio.get_running_loop().time() + self.backend.settings.read_timeout
         for attempt in range(READ_ATTEMPTS):
-            link = await self._hub.link()
+            link = await self._hub.link_by(deadline)
             try:
                 message = await link.peeker.peek(queue_name)
                 break

@@ -120,13 +120,13 @@ class Wait:
             self._used = link = await self._hub.link(retry=False)
             self._inbox.extend(await self._peek_all(link))
         else:
-            self._used = link = await self._within(self._hub.link())
+            self._used = link = await self._connected()
             self._inbox.extend(await self._within(self._peek_all(link)))
         self._checked = True
 
     async def _arm(self) -> None:
         """Bind the waiter queue to every pending id, then peek them again."""
-        self._used = link = await self._within(self._hub.link())
+        self._used = link = await self._connected()
         ids = [task_id for task_id in self._order if task_id in self.pending]
         bound = link.acquire(ids)  # counted at once, so close() can always count down
         self._link, self._bound = link, set(ids)
@@ -141,6 +141,20 @@ class Wait:
             *(link.peeker.peek(names.task_queue(task_id)) for task_id in ids))
         return [(task_id, message, True)
                 for task_id, message in zip(ids, messages) if message is not None]
+
+    async def _connected(self) -> Link:
+        """The hub's link within the deadline; past it, a TimeoutError that says why.
+
+        As the synchronous waiter words it: "The operation timed out: cannot use the
+        result broker at ...", caused by the last failed try's underlying error.
+        """
+        try:
+            return await self._within(self._hub.link())
+        except TimeoutError:
+            failure = self._hub.failure
+            if failure is None:
+                raise
+            raise TimeoutError(f"The operation timed out: {failure}") from failure.__cause__
 
     async def _within(self, work: Awaitable[T]) -> T:
         """Await ``work`` within the deadline: celery's TimeoutError past it."""
