@@ -26,6 +26,7 @@ from click.testing import CliRunner, Result
 from celery_amqp_results.cli import amqp_results
 from tests import broker
 from tests.conftest import ROOT, make_app
+from tests.private_node import PrivateNode, free_port
 
 #: What every worker task of these tests may take, at most.
 WAIT = 60
@@ -123,6 +124,35 @@ def test_peek_json_parses_with_every_field(tasks: Any, app: Any) -> None:
     assert records[saved.id]["kind"] == "group" and records[saved.id]["result"] == [ok, bad]
 
 
+def test_peek_of_a_saved_group_shows_how_its_members_stand(tasks: Any, app: Any) -> None:
+    ok, bad, _ = finished(tasks)
+    still_running = str(uuid.uuid4())  # a member with no state yet, as a running task
+    members = [app.AsyncResult(task_id) for task_id in (ok, bad, still_running)]
+    saved = app.GroupResult(str(uuid.uuid4()), members)
+    saved.save()
+    out = cli(app, "peek", "--json", saved.id)
+    assert out.exit_code == 0, out.output
+    (rec,) = json.loads(out.output)
+    # The group record itself is stored SUCCESS; the group is not done.
+    assert rec["kind"] == "group" and rec["state"] == "PENDING" and rec["stored"] is True
+    assert rec["members"] == {"total": 3, "finished": 2, "succeeded": 1, "failed": 1,
+                              "pending": 1}
+    assert rec["result"] == [ok, bad, still_running]
+    text = cli(app, "peek", saved.id).output
+    assert re.search(r"^  members +3: 2 finished \(1 succeeded, 1 failed\), 1 pending$",
+                     text, re.M), text
+    assert "SUCCESS" not in text
+
+    app.backend.mark_as_done(still_running, 5)
+    (rec,) = json.loads(cli(app, "peek", "--json", saved.id).output)
+    assert rec["state"] == "FAILURE" and rec["members"]["pending"] == 0
+    done = app.GroupResult(str(uuid.uuid4()), [app.AsyncResult(ok),
+                                                app.AsyncResult(still_running)])
+    done.save()
+    (rec,) = json.loads(cli(app, "peek", "--json", done.id).output)
+    assert rec["state"] == "SUCCESS" and rec["members"]["succeeded"] == 2
+
+
 def test_commands_are_registered_with_celery(tasks: Any, url: str) -> None:
     ok, _, _ = finished(tasks)
     done = celery_cli(url, "peek", "--json", ok)
@@ -180,9 +210,34 @@ def test_watch_draws_a_rich_bar_on_a_terminal(tasks: Any, url: str) -> None:
     assert "5 succeeded, 0 failed, 0 pending" in screen
 
 
-def run_in_terminal(url: str, *args: str) -> Tuple[int, str]:
-    """Run the command with a pseudo-terminal as stdout; its exit code and what it drew."""
-    env = dict(os.environ, CAR_TEST_URL=url, PYTHONPATH=str(ROOT), TERM="xterm-256color",
+def test_watch_without_rich_prints_plain_lines_on_a_terminal(tasks: Any, url: str,
+                                                              tmp_path: Any) -> None:
+    blocked = tmp_path / "rich"
+    blocked.mkdir()
+    (blocked / "__init__.py").write_text("raise ImportError('rich is not installed here')\n")
+    members = saved_group(tasks, *[tasks.add.s(n, 1) for n in range(3)])
+    members.get(timeout=WAIT)
+    code, screen = run_in_terminal(url, "watch", members.id, first_path=str(tmp_path))
+    assert code == 0, screen
+    assert "━" not in screen and "3/3 finished: 3 succeeded" in screen, screen
+    assert "Traceback" not in screen
+
+
+def test_the_backend_and_the_cli_do_not_import_rich() -> None:
+    code = ("import sys, celery_amqp_results, celery_amqp_results.cli, "
+            "celery_amqp_results.cli.watch; print('rich' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=WAIT, cwd=ROOT)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr
+
+
+def run_in_terminal(url: str, *args: str, first_path: str = "") -> Tuple[int, str]:
+    """Run the command with a pseudo-terminal as stdout; its exit code and what it drew.
+
+    ``first_path`` goes first on PYTHONPATH (to hide an installed package).
+    """
+    path = os.pathsep.join(part for part in (first_path, str(ROOT)) if part)
+    env = dict(os.environ, CAR_TEST_URL=url, PYTHONPATH=path, TERM="xterm-256color",
                COLUMNS="120")
     master, slave = pty.openpty()
     proc = subprocess.Popen(
@@ -370,6 +425,8 @@ def test_doctor_with_a_management_only_user_says_what_it_could_not_check(
     assert report["counts"]["task_results"] == 1
     findings = {finding["topic"]: finding for finding in report["findings"]}
     assert "without the 'monitoring' tag" in findings["broker"]["summary"]
+    assert findings["identity"]["level"] == "ok"
+    assert "only the name was compared" in findings["identity"]["summary"]
     assert "without the 'administrator' tag" in findings["queue types"]["summary"]
     assert findings["arguments"]["level"] == "ok"
     assert password not in out.output
@@ -411,6 +468,84 @@ def test_unreachable_broker_is_one_clear_line() -> None:
                 "'guest': [Errno 111] Connection refused"], out.output
     finally:
         app.backend.close()
+
+
+def test_doctor_first_reaches_the_configured_broker(url: str) -> None:
+    port = free_port()  # nothing listens there; the shared node's API is on 15672
+    app = make_app(f"amqp://guest:guest@127.0.0.1:{port}//")
+    try:
+        out = cli(app, "doctor")
+    finally:
+        app.backend.close()
+    assert out.exit_code == 69, out.output
+    assert out.output.strip().splitlines() == [
+        f"Error: cannot use the result broker at 127.0.0.1:{port} vhost '/' as user "
+        f"'guest': [Errno 111] Connection refused"], out.output
+
+
+def test_doctor_sees_that_the_management_api_is_another_brokers() -> None:
+    with PrivateNode() as node:  # no management plugin: 15672 is the shared node's API
+        app = make_app(f"amqp://guest:guest@127.0.0.1:{node.port}//")
+        try:
+            out = cli(app, "doctor", "--json")
+            text = cli(app, "doctor")
+        finally:
+            app.backend.close()
+    assert out.exit_code == 1, out.output
+    report = json.loads(out.output)
+    findings = {finding["topic"]: finding for finding in report["findings"]}
+    assert set(findings) == {"identity", "connection"}, findings  # the rest is skipped
+    identity = findings["identity"]
+    assert identity["level"] == "problem"
+    # A node's cluster name is its node name with the machine's host name.
+    name = node.nodename.split("@")[0]
+    assert f"the AMQP broker at 127.0.0.1:{node.port} is cluster '{name}@" in \
+        identity["summary"]
+    assert "AMQP listeners: 5672" in identity["summary"]
+    assert "amqp_results_management_url" in identity["advice"]
+    assert findings["connection"]["level"] == "ok" and report["counts"] is None
+    assert text.exit_code == 1 and "ok       broker" not in text.output
+
+
+@pytest.mark.parametrize("overview, level, says", [
+    ({"cluster_name": "rabbit@a", "listeners": [{"protocol": "amqp", "port": 5672}]},
+     "ok", "the same broker"),
+    ({"cluster_name": "rabbit@a", "listeners": [{"protocol": "amqp", "port": 5673}]},
+     "warning", "no AMQP listener on port 5672"),
+    ({"cluster_name": "rabbit@b", "listeners": [{"protocol": "amqp", "port": 5672}]},
+     "problem", "another broker's"),
+    ({"cluster_name": "rabbit@a"}, "ok", "only the name was compared"),
+    ({"listeners": []}, "warning", "could not check"),
+])
+def test_identity_compares_cluster_name_and_listeners(overview: Dict[str, Any], level: str,
+                                                      says: str) -> None:
+    from celery_amqp_results.cli.identity import BrokerIdentity, check_identity
+    broker_seen = BrokerIdentity("127.0.0.1", 5672, "rabbit@a", "3.10.8")
+    finding = check_identity(broker_seen, overview, "http://127.0.0.1:15672/", "guest")
+    assert (finding.level, says in finding.summary) == (level, True), finding
+
+
+def test_a_backend_that_cannot_be_loaded_is_bad_input(url: str) -> None:
+    app = make_app(url, amqp_results_peek_attempts=0)
+    out = cli(app, "peek", "x")
+    assert out.exit_code == 2, out.output
+    assert out.output.strip().splitlines() == [
+        "Error: the app's result backend cannot be loaded: amqp_results_peek_attempts "
+        "must be a whole number >= 1, got 0"], out.output
+
+
+def test_ctrl_c_is_one_line_and_exit_130() -> None:
+    import click
+
+    from celery_amqp_results.cli.context import reports_errors
+
+    @click.command()
+    @reports_errors
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    out = CliRunner().invoke(interrupted, [])
+    assert (out.exit_code, out.output) == (130, "Error: interrupted\n")
 
 
 def test_a_non_amqp_backend_is_refused() -> None:

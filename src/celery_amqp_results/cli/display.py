@@ -1,5 +1,8 @@
 """How ``watch`` shows progress: a live rich bar on a terminal, plain lines elsewhere.
 
+rich is an extra (``celery-amqp-results[cli]``): a worker or a client never needs it,
+and without it a terminal gets the plain lines too.
+
 Both read the same Tally.  The plain display prints a line at most every
 ``interval`` seconds (and when the last task finishes), so a log or a pipe gets
 a few readable lines instead of a redrawn bar.
@@ -100,9 +103,13 @@ class RichDisplay:
 
 
 def make_display(tally: Tally, plain: bool, interval: float) -> Any:
-    """A rich bar when stdout is a terminal (and ``plain`` is not asked), else plain lines."""
+    """A rich bar when stdout is a terminal, ``plain`` is not asked and rich is
+    installed; else plain lines."""
     if not plain and sys.stdout.isatty():
-        from rich.console import Console
+        try:
+            from rich.console import Console
+        except ImportError:
+            return PlainDisplay(tally, interval)
 
         console = Console(highlight=False)
         if console.is_terminal and not console.is_dumb_terminal:

@@ -1,9 +1,12 @@
 """``doctor``: check the broker and the stored results against this app's settings.
 
-Reads only: the management API's overview, nodes, feature flags, vhost and the
-queues under the backend's prefix, and one AMQP read of an id that does not
-exist.  Exit code 0 when every finding is ok or info, 1 when any is a warning
-or a problem, 69 when the management API cannot be reached.
+First it connects to the AMQP broker the backend is configured for (exit 69 when
+it cannot) and checks that the management API belongs to that broker
+(identity.py): another broker's API makes every other finding about that one, so
+they are skipped.  Then it reads only: the API's overview, nodes, feature flags,
+vhost and the queues under the backend's prefix, and one AMQP read of an id that
+does not exist.  Exit code 0 when every finding is ok or info, 1 when any is a
+warning or a problem, 69 when the broker or the management API cannot be reached.
 """
 from __future__ import annotations
 
@@ -17,10 +20,17 @@ import click
 from ..backend import AMQPBackend
 from ..errors import ResultBrokerError
 from ..management import NotFoundError, RefusedError
-from .context import backend_from, management_for, reports_errors
+from .context import (
+    COMMAND_RETRY_POLICY,
+    backend_from,
+    connection_for,
+    management_for,
+    reports_errors,
+)
 from .findings import (
     INFO,
     OK,
+    PROBLEM,
     Finding,
     check_arguments,
     check_broker,
@@ -31,6 +41,7 @@ from .findings import (
     version_tuple,
     worst,
 )
+from .identity import check_identity, reach
 from .inventory import classify
 
 T = TypeVar("T")
@@ -65,15 +76,26 @@ def optional(fetch: Callable[[], T]) -> Optional[T]:
 
 
 def examine(backend: AMQPBackend) -> Dict[str, Any]:
-    """Ask the broker everything doctor looks at and return the findings and counts."""
+    """Ask the broker everything doctor looks at and return the findings and counts.
+
+    ``counts`` is None when the management API is another broker's.
+    """
+    broker = reach(connection_for(backend), COMMAND_RETRY_POLICY)
     api = management_for(backend)
     overview = api.overview()
+    identity = check_identity(broker, overview, api.root, api.user)
+    if identity.level == PROBLEM:
+        skipped = [identity, check_connection(backend.as_uri(), probe(backend))]
+        return {"api": api.root, "vhost": api.vhost, "prefix": backend.names.prefix,
+                "findings": [finding.as_dict() for finding in skipped], "counts": None,
+                "level": worst(skipped)}
     nodes = optional(api.nodes)
     inventory = classify(backend.names, api.queues(backend.names.prefix, QUEUE_COLUMNS))
     deprecations = (optional(api.deprecated_features_used)
                     if version_tuple(overview.get("rabbitmq_version", "")) >= (3, 13)
                     else None)
     findings: List[Finding] = [
+        identity,
         check_broker(overview, nodes, api.user),
         check_connection(backend.as_uri(), probe(backend)),
         check_queue_types(optional(api.feature_flags), optional(api.vhost_info),

@@ -9,6 +9,7 @@ from celery import states
 from ..backend import AMQPBackend
 from .context import backend_from, reports_errors
 from .render import Record, record, to_json, to_text
+from .tally import Tally
 
 
 def member_ids(group: Any) -> List[str]:
@@ -31,9 +32,28 @@ def read(backend: AMQPBackend, task_id: str) -> Tuple[str, Dict[str, Any]]:
     if meta["status"] == states.PENDING:
         saved = backend.get_group_meta(task_id, cache=False)
         if saved is not None:
-            return "group", dict(saved, status=states.SUCCESS,
-                                 result=member_ids(saved["result"]))
+            return "group", group_meta(backend, saved)
     return "task", meta
+
+
+def group_meta(backend: AMQPBackend, saved: Dict[str, Any]) -> Dict[str, Any]:
+    """A saved group as its members stand now, not as its record's own state.
+
+    The record is stored SUCCESS when the group is saved, while its tasks may still
+    run: the state shown is the members' (PENDING while any is unfinished, FAILURE
+    once all finished and one failed, else SUCCESS), with the counts.
+    """
+    ids = member_ids(saved["result"])
+    tally = Tally(ids)
+    for member, member_meta in backend.get_many(ids, max_iterations=1):
+        tally.add(member, member_meta)
+    if tally.pending:
+        state = states.PENDING
+    else:
+        state = states.FAILURE if tally.failed else states.SUCCESS
+    counts = {"total": tally.total, "finished": tally.done, "succeeded": tally.succeeded,
+              "failed": tally.failed, "pending": tally.pending}
+    return dict(saved, status=state, result=ids, members=counts, stored=True)
 
 
 @click.command()
@@ -47,7 +67,8 @@ def peek(ctx: click.Context, ids: Tuple[str, ...], as_json: bool) -> None:
 
     Prints state, result, traceback, date_done and, with result_extended, name,
     args, kwargs, worker, retries and queue.  An id that names a saved group shows
-    its member ids.  Reading never removes a result.
+    how many of its members finished, succeeded, failed and are pending, and their
+    ids.  Reading never removes a result.
     """
     backend = backend_from(ctx)
     records: List[Record] = []

@@ -33,8 +33,10 @@ def record(task_id: str, meta: Dict[str, Any], kind: str = "task") -> Record:
     if isinstance(result, BaseException):
         result = describe_exception(result)
     out: Record = {"id": task_id, "kind": kind, "state": status,
-                   "stored": status != states.PENDING, "result": result,
-                   "traceback": meta.get("traceback")}
+                   "stored": meta.get("stored", status != states.PENDING),
+                   "result": result, "traceback": meta.get("traceback")}
+    if "members" in meta:  # a saved group: how its members stand (peek.group_meta)
+        out["members"] = meta["members"]
     for name in DETAIL_FIELDS:
         if name in meta:
             value = meta[name]
@@ -55,7 +57,13 @@ def to_text(rec: Record) -> str:
         state += "  (nothing stored: unknown id, not started yet, expired or forgotten)"
     rows: List[Tuple[str, str]] = [("kind", rec["kind"])] if rec["kind"] != "task" else []
     rows += [("state", state)]
-    if rec["stored"]:
+    if "members" in rec:
+        counts = rec["members"]
+        rows.append(("members", f"{counts['total']}: {counts['finished']} finished "
+                                f"({counts['succeeded']} succeeded, {counts['failed']} "
+                                f"failed), {counts['pending']} pending"))
+        rows.append(("ids", " ".join(rec["result"])))
+    elif rec["stored"]:
         result = rec["result"]
         if rec["state"] in states.EXCEPTION_STATES and isinstance(result, dict) \
                 and "type" in result:

@@ -1,8 +1,8 @@
 """Reading many result queues in a row, each once, for ``purge``.
 
-The backend's own read re-reads a queue that looks empty for up to
-``amqp_results_peek_grace``, in case another reader holds its message that
-instant.  A scan cannot afford that for every expired result, and needs no
+The backend's own read re-reads a queue that looks empty up to
+``amqp_results_peek_attempts`` times, in case another reader holds its message
+that instant.  A scan cannot afford that for every expired result, and needs no
 such care: a queue that looks empty is kept, never deleted.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Scanner:
         Raises InvalidResultError for a state that cannot be decoded.  Exceptions are
         not rebuilt: a scan needs ``status`` and ``date_done``, nothing more.
         """
-        message: Any = peek(self.connection.default_channel, queue_name, 0.0)
+        message: Any = peek(self.connection.default_channel, queue_name, 1)
         if message is None:
             return None
         return decode_state(result_id, queue_name, message.body,

@@ -14,7 +14,7 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from ..backend import AMQPBackend
-from .context import backend_from, patient, reports_errors
+from .context import EX_INTERRUPTED, backend_from, patient, reports_errors
 from .display import make_display
 from .peek import member_ids
 from .tally import Tally, seconds
@@ -24,7 +24,7 @@ LIST_AT_MOST = 20
 
 EXIT_FAILED = 1
 EXIT_UNFINISHED = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = EX_INTERRUPTED
 
 
 def resolve(backend: AMQPBackend, ids: Tuple[str, ...], allow_pending: bool) -> List[str]:
