@@ -11,7 +11,7 @@ the shared node on 127.0.0.1:5672 is never touched.  What makes them a cluster:
 * ``rabbitmqctl join_cluster``: every node but the first is stopped
   (``stop_app``), joined to the first and started again (``start_app``).
 
-All nodes boot in parallel, and the joins run in parallel too.  A node is
+All nodes boot in parallel; the joins run one at a time (see Cluster.start).  A node is
 killed (``kill``, SIGKILL to its beam.smp by the pid RabbitMQ wrote, as a
 crash would) or stopped (``stop``, SIGTERM to its process group) by pid only,
 and can be started again with its data: it rejoins the cluster by itself.
@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-from tests.private_node import PrivateNode
+from tests.private_node import PrivateNode, _first_line
 
 T = TypeVar("T")
 
@@ -176,8 +176,11 @@ class Cluster:
         began = time.monotonic()
         fresh = [node for node in self.nodes if not node.running]
         in_parallel([node.start for node in fresh])
-        joining = [node for node in fresh if node is not self.seed and not self._joined(node)]
-        in_parallel([lambda node=node: self._join(node) for node in joining])
+        # One join at a time: concurrent joins to one seed contend for its schema
+        # lock, and on a loaded machine one of them failed (cannot_start_mnesia).
+        for node in fresh:
+            if node is not self.seed and not self._joined(node):
+                self._join(node)
         self.wait_until_running(list(range(len(self.nodes))))
         self.last_start_seconds = time.monotonic() - began
         return self
@@ -185,25 +188,29 @@ class Cluster:
     def _joined(self, node: ClusterNode) -> bool:
         return self.seed.nodename in self.running_nodes(node)
 
-    def _join(self, node: ClusterNode, attempts: int = 3) -> None:
-        """Join ``node`` to the seed; on a failure (seen once on a loaded machine:
-        ``start_app`` exited 69), reset the node and join again."""
+    def _join(self, node: ClusterNode, attempts: int = 5) -> None:
+        """Join ``node`` to the seed.  A failed attempt (seen on a loaded machine:
+        ``start_app`` exited 69, then ``reset`` failed with cannot_start_mnesia) is
+        followed by a ``force_reset`` of the stopped node and a longer pause."""
         error: Optional[subprocess.CalledProcessError] = None
         for attempt in range(attempts):
             try:
+                self.seed.ctl("await_startup")
+                node.ctl("await_startup")
                 node.ctl("stop_app")
                 if attempt:
-                    node.ctl("reset")
+                    node.ctl("force_reset")
                 node.ctl("join_cluster", self.seed.nodename)
                 node.ctl("start_app")
                 return
             except subprocess.CalledProcessError as exc:
                 error = exc
-                time.sleep(1)
+                time.sleep(1 + 2 * attempt)
         assert error is not None
         raise RuntimeError(
-            f"{node.nodename} could not join {self.seed.nodename}: {error.cmd[3:]} exited "
-            f"{error.returncode}: {error.stderr or error.stdout}\n{node._logs()}") from error
+            f"{node.nodename} could not join {self.seed.nodename} in {attempts} attempts; "
+            f"last: {' '.join(error.cmd[3:])} exited {error.returncode}: "
+            f"{_first_line(error.stderr or error.stdout)}\n{node._log_summary()}") from error
 
     def running_nodes(self, via: Optional[ClusterNode] = None) -> List[str]:
         """Names of the cluster's running nodes, as ``via`` (default: a running node) sees it."""

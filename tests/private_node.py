@@ -59,12 +59,30 @@ def free_port(avoid: Optional[set] = None) -> int:
     raise RuntimeError("no free TCP port found")
 
 
+def _first_line(text: str, width: int = 300) -> str:
+    """The first non-empty line of a tool's output, cut to ``width`` (Erlang errors are long)."""
+    line = next((line for line in (text or "").splitlines() if line.strip()), "")
+    return line if len(line) <= width else line[:width] + " ..."
+
+
+def _error_lines(path: Path, lines: int = 8, width: int = 200) -> str:
+    """The last ``lines`` lines of a node log that report an error, each cut to ``width``."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+    found = [line if len(line) <= width else line[:width] + " ..."
+             for line in text.splitlines() if "[error]" in line or "error" in line.lower()[:80]]
+    return "\n".join(found[-lines:]) or "<no error lines>"
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(line if len(line) <= 300 else line[:300] + " ..."
+                     for line in text.splitlines()[-lines:])
 
 
 class TLSFiles(NamedTuple):
@@ -313,6 +331,11 @@ class PrivateNode:
         out = self.ctl("list_queues", "-p", "/", "name", "messages", "durable",
                        "arguments", "--formatter", "json", "-q")
         return json.loads(out or "[]")
+
+    def _log_summary(self) -> str:
+        """The few log lines that explain a failure, and where the whole logs are."""
+        return (f"--- error lines of {self.node_log} (whole logs: {self.console_log}, "
+                f"{self.node_log}) ---\n{_error_lines(self.node_log)}")
 
     def _logs(self) -> str:
         return (f"--- tail of {self.console_log} ---\n{_tail(self.console_log)}\n"
