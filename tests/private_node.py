@@ -101,7 +101,8 @@ class PrivateNode:
     """
 
     def __init__(self, boot_timeout: float = 60.0, stop_timeout: float = 30.0, *,
-                 tls: Optional[TLSFiles] = None, extra_config: str = "") -> None:
+                 tls: Optional[TLSFiles] = None, extra_config: str = "",
+                 management: bool = False) -> None:
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
         self.nodename = f"car-{uuid.uuid4().hex[:10]}@localhost"
@@ -111,6 +112,9 @@ class PrivateNode:
         #: Port of the TLS listener (on 127.0.0.1), or None without ``tls``.
         self.tls_port: Optional[int] = (
             free_port({self.port, self.dist_port}) if tls is not None else None)
+        #: Port of the management API (on 127.0.0.1), or None without ``management``.
+        self.management_port: Optional[int] = (
+            free_port({self.port, self.dist_port, self.tls_port or 0}) if management else None)
         self.extra_config = extra_config
         self.base = Path(tempfile.mkdtemp(prefix="car-rabbit-"))
         self.proc: Optional[subprocess.Popen] = None
@@ -135,6 +139,13 @@ class PrivateNode:
         return f"amqps://guest:guest@localhost:{self.tls_port}//"
 
     @property
+    def management_url(self) -> str:
+        """``http://`` URL of the management API, as amqp_results_management_url takes it."""
+        if self.management_port is None:
+            raise RuntimeError("this node has no management API (PrivateNode(management=True))")
+        return f"http://guest:guest@{HOST}:{self.management_port}/"
+
+    @property
     def log_dir(self) -> Path:
         return self.base / "log"
 
@@ -150,7 +161,8 @@ class PrivateNode:
     def _write_files(self) -> None:
         for sub in ("mnesia", "log", "home", "conf.d"):
             (self.base / sub).mkdir()
-        (self.base / "enabled_plugins").write_text("[].\n")
+        plugins = "rabbitmq_management" if self.management_port is not None else ""
+        (self.base / "enabled_plugins").write_text(f"[{plugins}].\n")
         (self.base / "rabbitmq-env.conf").write_text("# private test node: nothing here\n")
         config = (f"listeners.tcp.local = {HOST}:{self.port}\n"
                   "log.console = false\n"
@@ -162,6 +174,9 @@ class PrivateNode:
                        f"ssl_options.keyfile = {self.tls.keyfile}\n"
                        "ssl_options.verify = verify_none\n"
                        "ssl_options.fail_if_no_peer_cert = false\n")
+        if self.management_port is not None:
+            config += (f"management.tcp.ip = {HOST}\n"
+                       f"management.tcp.port = {self.management_port}\n")
         if self.extra_config:
             config += self.extra_config.rstrip("\n") + "\n"
         (self.base / "rabbitmq.conf").write_text(config)
@@ -238,6 +253,9 @@ class PrivateNode:
                 if self.tls_port is not None:
                     # Started with the plain listener; a TCP accept is enough here.
                     socket.create_connection((HOST, self.tls_port), timeout=1).close()
+                if self.management_port is not None:
+                    # The management plugin starts after the AMQP listener.
+                    socket.create_connection((HOST, self.management_port), timeout=1).close()
                 return
             except Exception as exc:
                 last_error = exc

@@ -385,7 +385,7 @@ def test_doctor_counts_queues_and_flags_mismatched_arguments(own_vhost: str) -> 
         findings = {finding["topic"]: finding for finding in report["findings"]}
         arguments = findings["arguments"]
         assert arguments["level"] == "problem"
-        assert "1 of 5 result queues" in arguments["summary"]
+        assert "1 of 5 classic result queues" in arguments["summary"]
         assert "x-expires=60000 (here: 86400000)" in arguments["summary"]
         assert handmade in arguments["summary"]
         assert "result_expires" in arguments["advice"]
@@ -398,7 +398,7 @@ def test_doctor_counts_queues_and_flags_mismatched_arguments(own_vhost: str) -> 
 
         text = cli(app, "doctor")
         assert text.exit_code == 1
-        assert re.search(r"^problem\s+arguments\s+1 of 5 result queues", text.output, re.M)
+        assert re.search(r"^problem\s+arguments\s+1 of 5 classic result queues", text.output, re.M)
         assert "advice: Every worker and client on this vhost must agree on result_expires" \
             in " ".join(text.output.split())
     finally:
@@ -505,6 +505,58 @@ def test_doctor_sees_that_the_management_api_is_another_brokers() -> None:
     assert "amqp_results_management_url" in identity["advice"]
     assert findings["connection"]["level"] == "ok" and report["counts"] is None
     assert text.exit_code == 1 and "ok       broker" not in text.output
+
+
+def test_doctor_in_quorum_mode_checks_quorum_queues() -> None:
+    """Quorum result queues, as configured, are 0 problems; a classic one, or a quorum one
+    declared with another x-expires, is reported by name (issue 16: every queue was
+    reported, the type argument dropped from what the broker said and still expected)."""
+    import amqp
+
+    with PrivateNode(management=True) as node:
+        app = make_app(node.url, amqp_results_queue_type="quorum",
+                       amqp_results_management_url=node.management_url)
+        try:
+            names = app.backend.names
+            ids = [str(uuid.uuid4()) for _ in range(3)]
+            for task_id in ids:
+                app.backend.mark_as_done(task_id, task_id)
+            app.GroupResult(str(uuid.uuid4()), [app.AsyncResult(ids[0])]).save()
+            report = json.loads(cli(app, "doctor", "--json").output)
+            findings = {finding["topic"]: finding for finding in report["findings"]}
+            assert [f for f in findings.values() if f["level"] in ("problem", "warning")] \
+                == [], findings
+            assert "all 4 result queues are quorum queues" in findings["queue types"]["summary"]
+            assert "all 4 quorum result queues have the arguments" in \
+                findings["arguments"]["summary"]
+            assert "the same broker" in findings["identity"]["summary"], findings
+
+            # "Another process" with other settings: a classic queue, a quorum queue
+            # whose result_expires is 60 s.
+            classic, short = (names.task_queue(str(uuid.uuid4())) for _ in range(2))
+            conn = amqp.Connection(f"127.0.0.1:{node.port}", userid="guest", password="guest")
+            conn.connect()
+            try:
+                channel = conn.channel()
+                channel.queue_declare(classic, durable=True, auto_delete=False, arguments={
+                    "x-max-length": 1, "x-overflow": "drop-head", "x-expires": 86_400_000})
+                channel.queue_declare(short, durable=True, auto_delete=False, arguments={
+                    **app.backend.topology.queue_arguments, "x-expires": 60_000})
+            finally:
+                conn.close()
+            out = cli(app, "doctor", "--json")
+        finally:
+            app.backend.close()
+    assert out.exit_code == 1, out.output
+    findings = {finding["topic"]: finding for finding in json.loads(out.output)["findings"]}
+    types, arguments = findings["queue types"], findings["arguments"]
+    assert types["level"] == "problem"
+    assert f"result queues that are not quorum: 1 classic, e.g. {classic!r}" in \
+        types["summary"], types
+    assert arguments["level"] == "problem"
+    assert "1 of 5 quorum result queues" in arguments["summary"], arguments
+    assert f"x-expires=60000 (here: 86400000), e.g. {short!r}" in arguments["summary"]
+    assert classic not in arguments["summary"]  # its type is the other finding's
 
 
 @pytest.mark.parametrize("overview, level, says", [

@@ -101,7 +101,8 @@ def examine(backend: AMQPBackend) -> Dict[str, Any]:
         check_queue_types(optional(api.feature_flags), optional(api.vhost_info),
                           inventory.results, api.user, backend.topology.queue_type),
         check_transient(inventory, deprecations),
-        check_arguments(inventory.results, backend.topology.queue_arguments),
+        check_arguments(inventory.results, backend.topology.queue_arguments,
+                        backend.topology.queue_type),
         check_capacity(inventory, nodes, backend.topology.expires,
                        bool(overview.get("disable_stats"))),
     ]

@@ -7,7 +7,7 @@ and, when something should be done, one sentence of what to do.
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,8 +27,10 @@ PROCESSES_PER_QUEUE = 2
 #: Queue properties every result queue is declared with, besides its arguments.
 RESULT_QUEUE_FLAGS = {"durable": True, "auto_delete": False, "exclusive": False}
 
-#: Arguments the broker may report that the backend never declares itself.
-IGNORED_ARGUMENTS = {"x-queue-type"}
+#: Arguments the arguments check leaves out, on both sides: a queue's type is what the
+#: broker reports as its ``type`` (RabbitMQ 4 lists ``x-queue-type`` for queues declared
+#: without it), and check_queue_types compares that.
+TYPE_ARGUMENTS = {"x-queue-type"}
 
 
 @dataclass
@@ -101,10 +103,13 @@ def check_queue_types(flags: Optional[Sequence[Mapping[str, Any]]],
         state = {flag.get("name"): flag.get("state") for flag in flags}.get("quorum_queue")
         available = ("quorum queues available (feature flag enabled)" if state == "enabled"
                      else f"quorum queues not enabled (feature flag {state or 'absent'})")
-    types = Counter(str(queue.get("type") or "classic") for queue in results)
-    odd = {kind: count for kind, count in types.items() if kind != expected}
+    by_type: Dict[str, List[str]] = defaultdict(list)
+    for queue in results:
+        by_type[queue_type(queue)].append(queue["name"])
+    odd = {kind: names for kind, names in by_type.items() if kind != expected}
     if odd:
-        listed = ", ".join(f"{count} {kind}" for kind, count in sorted(odd.items()))
+        listed = ", ".join(f"{len(names)} {kind}, e.g. {names[0]!r}"
+                           for kind, names in sorted(odd.items()))
         return Finding(PROBLEM, "queue types", f"{available}; result queues that are not "
                        f"{expected}: {listed}",
                        f"This app's settings declare {expected} result queues "
@@ -157,12 +162,17 @@ def check_transient(inventory: Inventory,
                    f"deprecation does not touch ({broker_says})")
 
 
+def queue_type(queue: Queue) -> str:
+    """The queue's type as the management API reports it (classic when not said)."""
+    return str(queue.get("type") or "classic")
+
+
 def argument_differences(queue: Queue, expected: Mapping[str, Any]
                          ) -> List[Tuple[str, Any, Any]]:
     """``(name, found, expected)`` for each argument or flag where ``queue`` differs."""
     found = {key: value for key, value in (queue.get("arguments") or {}).items()
-             if key not in IGNORED_ARGUMENTS}
-    wanted = dict(expected)
+             if key not in TYPE_ARGUMENTS}
+    wanted = {key: value for key, value in expected.items() if key not in TYPE_ARGUMENTS}
     diffs = [(key, found.get(key), wanted.get(key)) for key in sorted(set(found) | set(wanted))
              if found.get(key) != wanted.get(key)]
     diffs += [(flag, queue.get(flag), value) for flag, value in RESULT_QUEUE_FLAGS.items()
@@ -170,19 +180,25 @@ def argument_differences(queue: Queue, expected: Mapping[str, Any]
     return diffs
 
 
-def check_arguments(results: Sequence[Queue], expected: Mapping[str, Any]) -> Finding:
-    """Whether the result queues were declared as this process's settings would declare them."""
+def check_arguments(results: Sequence[Queue], expected: Mapping[str, Any],
+                    expected_type: str = "classic") -> Finding:
+    """Whether the result queues were declared as this process's settings would declare them.
+
+    Queues of another type than ``expected_type`` are check_queue_types' finding, not
+    this one (their type's own arguments differ as a matter of course).
+    """
     shown = ", ".join(f"{key}={value!r}" for key, value in sorted(expected.items()))
     # Queues that differ in the same way are reported together (values as repr: hashable).
     by_difference: Dict[Tuple[Tuple[str, str, str], ...], List[str]] = defaultdict(list)
-    for queue in results:
+    checked = [queue for queue in results if queue_type(queue) == expected_type]
+    for queue in checked:
         found = argument_differences(queue, expected)
         if found:
             key = tuple((name, repr(got), repr(want)) for name, got, want in found)
             by_difference[key].append(queue["name"])
     if not by_difference:
-        return Finding(OK, "arguments", f"all {len(results)} result queues have the "
-                       f"arguments this process would declare ({shown})")
+        return Finding(OK, "arguments", f"all {len(checked)} {expected_type} result queues "
+                       f"have the arguments this process would declare ({shown})")
     count = sum(len(names) for names in by_difference.values())
     parts: List[str] = []
     settings: List[str] = []
@@ -193,8 +209,8 @@ def check_arguments(results: Sequence[Queue], expected: Mapping[str, Any]) -> Fi
     setting_list = ", ".join(dict.fromkeys(settings))
     return Finding(
         PROBLEM, "arguments",
-        f"{count} of {len(results)} result queues were declared with other arguments than "
-        f"this process would use: {'; '.join(parts)}",
+        f"{count} of {len(checked)} {expected_type} result queues were declared with other "
+        f"arguments than this process would use: {'; '.join(parts)}",
         f"Every worker and client on this vhost must agree on {setting_list}; a store "
         f"into one of these queues logs a PRECONDITION_FAILED clash. If a setting changed "
         f"on purpose, the old queues go away by their own x-expires after their last use "
