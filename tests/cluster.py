@@ -192,7 +192,8 @@ class Cluster:
         """Join ``node`` to the seed.  A failed attempt (seen on a loaded machine:
         ``start_app`` exited 69, then ``reset`` failed with cannot_start_mnesia) is
         followed by a ``force_reset`` of the stopped node and a longer pause."""
-        error: Optional[subprocess.CalledProcessError] = None
+        error: Optional[subprocess.SubprocessError] = None
+        how = ""
         for attempt in range(attempts):
             try:
                 self.seed.ctl("await_startup")
@@ -205,12 +206,17 @@ class Cluster:
                 return
             except subprocess.CalledProcessError as exc:
                 error = exc
-                time.sleep(1 + 2 * attempt)
+                how = f"exited {exc.returncode}: {_first_line(exc.stderr or exc.stdout)}"
+            except subprocess.TimeoutExpired as exc:
+                # A join that hangs (the seed busy on a loaded machine) is tried again.
+                error = exc
+                how = f"did not finish in {exc.timeout} s"
+            time.sleep(1 + 2 * attempt)
         assert error is not None
+        command = " ".join(map(str, getattr(error, "cmd", [])[3:]))
         raise RuntimeError(
             f"{node.nodename} could not join {self.seed.nodename} in {attempts} attempts; "
-            f"last: {' '.join(error.cmd[3:])} exited {error.returncode}: "
-            f"{_first_line(error.stderr or error.stdout)}\n{node._log_summary()}") from error
+            f"last: {command} {how}\n{node._log_summary()}") from error
 
     def running_nodes(self, via: Optional[ClusterNode] = None) -> List[str]:
         """Names of the cluster's running nodes, as ``via`` (default: a running node) sees it."""

@@ -39,6 +39,11 @@ from tests.cluster import Cluster, ClusterNode, process_alive
 
 TASK_PREFIX = "celery-results.task."
 
+#: Setup counts against the first test's timeout: booting and joining three nodes takes
+#: ~30 s on a quiet machine and took over 120 s (the suite's default) beside two
+#: CPU-burning processes, each rabbitmqctl call starting an Erlang VM.
+pytestmark = pytest.mark.timeout(600)
+
 #: The tests that take minutes run only when asked for (see the module docstring).
 full = pytest.mark.skipif(
     not os.environ.get("CAR_CLUSTER_TESTS"),

@@ -180,11 +180,13 @@ def test_store_read_wait_forget_over_tls(tls: TLSNode, form: str) -> None:
         thread = threading.Thread(target=store_later)
         began = time.monotonic()
         thread.start()
-        assert app.AsyncResult(later).get(timeout=10) == "late"
+        # The store waits for two rabbitmqctl calls first: on a loaded machine each can
+        # take seconds, so the deadline is generous (what is tested is that it waited).
+        assert app.AsyncResult(later).get(timeout=120) == "late"
         waited = time.monotonic() - began
-        thread.join(10)
+        thread.join(120)
         assert not errors, errors
-        assert 0.25 <= waited < 10, waited
+        assert waited >= 0.25, waited
 
         # This process talked to the node only on the TLS port (pool and waiter: two
         # connections at least), and the node saw TLS on each of those connections.
