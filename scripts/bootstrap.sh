@@ -3,6 +3,7 @@
 #   1. RabbitMQ installed (apt-get, as root or through sudo),
 #   2. RabbitMQ running and booted (started with `rabbitmq-server -detached` if not),
 #      with its management API (plugin rabbitmq_management) answering on port 15672,
+#   2c. Redis answering on 127.0.0.1:6379 (installed and started if not; the parity tests),
 #   3. a virtualenv with this package installed editable, plus its [test] extras.
 # Prints one line per step; re-running it when everything is in place takes ~1 s.
 #
@@ -97,6 +98,35 @@ else
         sleep 1
     done
     say "rabbitmq management API: answering at ${MGMT_URL%api/overview}"
+fi
+
+# -- 2c. Redis (tests/test_parity.py runs each canvas against redis:// too) -----------------
+redis_up() {
+    python3 - <<'PY' >/dev/null 2>&1
+import socket
+with socket.create_connection(("127.0.0.1", 6379), timeout=3) as sock:
+    sock.sendall(b"PING\r\n")
+    assert sock.recv(16).startswith(b"+PONG")
+PY
+}
+
+if redis_up; then
+    say "redis: running"
+else
+    if ! command -v redis-server >/dev/null 2>&1; then
+        say "redis-server: not installed, installing with apt-get ..."
+        apt_install redis-server
+    fi
+    say "redis: not answering on 127.0.0.1:6379, starting it (redis-server --daemonize yes) ..."
+    as_root redis-server --bind 127.0.0.1 --port 6379 --daemonize yes >/dev/null 2>&1 || true
+    deadline=$((SECONDS + 30))
+    until redis_up; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            die "Redis did not answer on 127.0.0.1:6379 within 30 s"
+        fi
+        sleep 1
+    done
+    say "redis: started"
 fi
 
 # -- 3. virtualenv ---------------------------------------------------------------------------

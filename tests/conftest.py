@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
 from celery import Celery
@@ -59,14 +59,17 @@ def worker_log(log_name: str) -> Path:
 
 @contextlib.contextmanager
 def running_worker(module: str, url: str, log_name: str, *args: str,
-                   node_prefix: str = "car-test") -> Iterator[Any]:
+                   node_prefix: str = "car-test", env: Optional[Dict[str, str]] = None,
+                   client: Optional[Celery] = None) -> Iterator[Any]:
     """A real Celery worker for ``module`` (its ``app``), answering ping, stopped at the end.
 
-    Yields the module's app, imported in this process after CAR_TEST_URL was set.
-    The ping goes to this worker's own node name: other workers may share the vhost.
+    Yields the module's app, imported in this process after CAR_TEST_URL was set, or
+    ``client`` if given (then the module is not imported here).  ``env`` is added to
+    the worker's environment only.  The ping goes to this worker's own node name:
+    other workers may share the vhost.
     """
     os.environ["CAR_TEST_URL"] = url  # before the tasks module is imported here
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     # The log is always written: a test may read it (a clean checkout has no cache dir yet).
     cache = ROOT / ".pytest_cache"
     cache.mkdir(exist_ok=True)
@@ -76,7 +79,7 @@ def running_worker(module: str, url: str, log_name: str, *args: str,
         [sys.executable, "-m", "celery", "-A", module, "worker", "--loglevel=INFO",
          "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", node, *args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    tasks = importlib.import_module(module).app
+    tasks = client if client is not None else importlib.import_module(module).app
     try:
         assert tasks.conf.broker_url == url
         deadline = time.monotonic() + 60

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
 from celery import maybe_signature, states
 from celery.exceptions import ChordError
 from celery.result import GroupResult, allow_join_result
+from celery.utils.functional import _regen
 
 from .chordlog import ChordLog
 
@@ -85,11 +86,15 @@ class NativeChords:
         """Create the chord's log before its header is sent (``apply_chord``).
 
         A header holding groups is saved as a group too: the body then gets the
-        nested structure, read back by joining it, as with the Redis backend.
+        nested structure, read back by joining it, as with the Redis backend.  A
+        header given as a generator (Celery's ``_regen``, a list subclass) is not
+        looked into: that would produce all of it before its first task is sent,
+        where Celery sends as it goes (#3021); Redis does not look either.
         """
         group_id, results = header_result_args[0], header_result_args[1]
-        complex_header = isinstance(results, (list, tuple)) and any(
-            isinstance(result, GroupResult) for result in results)
+        complex_header = (isinstance(results, (list, tuple))
+                          and not isinstance(results, _regen)
+                          and any(isinstance(result, GroupResult) for result in results))
         if complex_header:
             self.backend.save_group(group_id, self.backend.app.GroupResult(*header_result_args))
         self.log.open(group_id, *self._encode({"kind": "open", "complex": complex_header}))
