@@ -127,3 +127,43 @@ def test_failing_header_task_raises_its_own_exception(peer: Peer, tmp_path: Path
         time.sleep(0.05)
     time.sleep(0.3)  # a second run of the errback would have shown by now
     assert lines(errors) == [result.id]
+
+
+# -- settings Celery applies through the backend ----------------------------------------------
+
+def test_error_callback_on_chord_header(peer: Peer, tmp_path: Path) -> None:
+    """task_allow_error_cb_on_chord_header: a chord's errback also runs for the failed
+    header task, not only for the body."""
+    errors = tmp_path / "errors"
+    peer.app.conf.task_allow_error_cb_on_chord_header = True
+    try:
+        header = [sig(peer, "add", 1, 1), sig(peer, "fail", message="hdr")]
+        result = chord(header, sig(peer, "collect")).on_error(
+            sig(peer, "log_error", path=str(errors))).apply_async()
+        with pytest.raises(ValueError):
+            result.get(timeout=30)
+    finally:
+        peer.app.conf.task_allow_error_cb_on_chord_header = False
+    failed_id = result.parent.results[1].id
+    deadline = time.monotonic() + 10
+    while len(lines(errors)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a third run would have shown by now
+    assert sorted(lines(errors)) == sorted([failed_id, result.id]), peer.name
+
+
+def test_eager_results_are_stored_when_asked(peer: Peer, url: str) -> None:
+    """task_store_eager_result: an eager task's state is stored and read elsewhere."""
+    eager = make_app(url, peer.app.conf.result_backend, "unused")
+    eager.conf.update(task_always_eager=True, task_store_eager_result=True)
+    reader = make_app(url, peer.app.conf.result_backend, "unused")
+    try:
+        result = eager.tasks["parity.add"].delay(20, 22)
+        assert result.get() == 42
+        stored = AsyncResult(result.id, app=reader)
+        assert (stored.state, stored.result) == ("SUCCESS", 42)
+    finally:
+        for app in (eager, reader):
+            close = getattr(app.backend, "close", None)
+            if close is not None:
+                close()

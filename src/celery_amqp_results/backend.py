@@ -23,7 +23,7 @@ from celery.result import GroupResult, result_from_tuple
 from . import connection as conn_mod
 from .chordlog import ChordLog
 from .chords import NativeChords
-from .codec import decode_state, encode_state
+from .codec import compression_method, decode_state, encode_state
 from .errors import (
     BacklogLimitExceeded,
     ResultBrokerError,
@@ -68,6 +68,10 @@ class AMQPBackend(BaseBackend):
     persistent = True
     supports_autoexpire = True
     supports_native_join = True
+    #: result_compression (Celery 5.7): a message body holds any bytes unchanged.
+    supports_result_compression = True
+    #: result_failure_expires (Celery 5.7): a FAILURE's expires-at header (topology.py).
+    supports_failure_expires = True
 
     retry_policy = {
         "max_retries": 20,
@@ -92,6 +96,9 @@ class AMQPBackend(BaseBackend):
         #: A per-instance copy: never shared mutable state between backends.
         self.retry_policy = dict(type(self).retry_policy)
         self.settings = Settings.from_conf(conf)
+        #: result_compression, honoured on every Celery version (Celery 5.3 to 5.6 do
+        #: not know the setting; 5.7 checked it already).
+        self.compression = compression_method(conf)
         self.persistent = self.prepare_persistent(persistent)
         self.auto_delete = auto_delete
         self.names = Names(self.settings.queue_prefix)
@@ -100,7 +107,7 @@ class AMQPBackend(BaseBackend):
             exchange or conf.result_exchange,
             exchange_type or conf.result_exchange_type,
             self.expires, self.persistent, self._chord_expires(),
-            queue_type=self.settings.queue_type)
+            queue_type=self.settings.queue_type, failure_expires=self._failure_expires())
         self.exchange = self.topology.exchange
         self._connection_arg = connection
         self._template = conn_mod.make_connection(app, self.url, connection, self.settings.ssl)
@@ -175,7 +182,8 @@ class AMQPBackend(BaseBackend):
 
     def _serialize(self, meta: Meta) -> Tuple[bytes, str, str]:
         """Serialize a state once; refuse it before publishing if it is too large."""
-        body, content_type, content_encoding = encode_state(meta, self.serializer)
+        body, content_type, content_encoding = encode_state(
+            meta, self.serializer, self.compression)
         limit = self.settings.max_result_size
         if limit is not None and len(body) > limit:
             raise ResultTooLargeError(
@@ -397,6 +405,19 @@ class AMQPBackend(BaseBackend):
         self._store.delete(self.names.group_queue(group_id))
 
     # -- native chords (chords.py): no chord_unlock task ----------------------------------------
+
+    def _failure_expires(self) -> Optional[float]:
+        """``result_failure_expires`` (Celery 5.7) in seconds; None if not set."""
+        expires = self.app.conf.get("result_failure_expires")
+        if expires is None:
+            return None
+        try:
+            if isinstance(expires, bool):
+                raise TypeError
+            return float(self.prepare_expires(expires, type=float))
+        except (TypeError, ValueError):
+            raise ValueError(f"result_failure_expires must be seconds (a number or a "
+                             f"timedelta), got {expires!r}") from None
 
     def _chord_expires(self) -> Optional[float]:
         """``result_chord_expires`` (Celery 5.7) if set, else ``result_expires``."""

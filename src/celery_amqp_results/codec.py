@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Dict, Optional, Tuple
 
+from kombu import compression as kombu_compression
 from kombu.exceptions import ContentDisallowed, EncodeError
 from kombu.serialization import dumps, loads
 
@@ -11,11 +12,66 @@ from .errors import InvalidResultError
 #: Fields every stored state must carry.
 REQUIRED_FIELDS = ("status", "result")
 
+#: Marker in front of a compressed payload, then the compression's content type, a
+#: NUL, and the compressed bytes: Celery 5.7's in-band format (``result_compression``),
+#: so Celery's own decode reads what this package stores and the other way round.  A
+#: serialized state never starts with a NUL byte, so nothing else is taken for one.
+COMPRESSED_MAGIC = b"\x00celery-compressed\x00"
 
-def encode_state(meta: Dict[str, Any], serializer: str) -> Tuple[bytes, str, str]:
+
+def compression_method(conf: Any) -> Optional[str]:
+    """``result_compression`` checked against kombu's registry (any Celery version).
+
+    Celery 5.7 checks it too; Celery 5.3 to 5.6 do not know the setting, and this
+    package honours it there as well.  An unknown name is a ValueError naming it.
+    """
+    method = conf.get("result_compression")
+    if not method:
+        return None
+    try:
+        kombu_compression.get_encoder(method)
+    except KeyError:
+        known = ", ".join(sorted(kombu_compression.encoders()))
+        raise ValueError(f"result_compression {method!r} is not a compression kombu "
+                         f"knows here (known: {known})") from None
+    return str(method)
+
+
+def compress(body: bytes, method: Optional[str]) -> bytes:
+    """``body`` compressed with ``method`` in Celery's in-band format; as is for None."""
+    if not method:
+        return body
+    compressed, content_type = kombu_compression.compress(body, method)
+    return b"".join([COMPRESSED_MAGIC, content_type.encode("utf-8"), b"\x00", compressed])
+
+
+def decompress(body: bytes) -> bytes:
+    """The payload of a body ``compress`` made, or ``body`` itself if it is not one.
+
+    Driven by the body alone: a reader without ``result_compression`` reads a
+    compressed state, and a state stored before compression was on stays readable.
+    Raises ValueError naming the compression if this process cannot undo it.
+    """
+    if isinstance(body, memoryview):
+        body = body.tobytes()
+    if not isinstance(body, (bytes, bytearray)) or not body.startswith(COMPRESSED_MAGIC):
+        return body
+    content_type, _, compressed = bytes(body[len(COMPRESSED_MAGIC):]).partition(b"\x00")
+    name = content_type.decode("utf-8", "replace")
+    try:
+        return kombu_compression.decompress(compressed, name)
+    except KeyError:
+        raise ValueError(f"it is compressed as {name!r}, which kombu here cannot "
+                         f"decompress (is its library installed?)") from None
+
+
+def encode_state(meta: Dict[str, Any], serializer: str,
+                 compression: Optional[str] = None) -> Tuple[bytes, str, str]:
     """Serialize ``meta`` once, so the same bytes can be published to several places.
 
-    Raises kombu's EncodeError (what Celery's tracer expects) naming task and state.
+    With ``compression`` (``result_compression``) the bytes are compressed; the content
+    type stays the serializer's.  Raises kombu's EncodeError (what Celery's tracer
+    expects) naming task and state.
     """
     try:
         content_type, content_encoding, body = dumps(meta, serializer=serializer)
@@ -25,7 +81,7 @@ def encode_state(meta: Dict[str, Any], serializer: str) -> Tuple[bytes, str, str
             f"serialized with result_serializer {serializer!r}: {exc}") from exc
     if isinstance(body, str):
         body = body.encode(content_encoding or "utf-8")
-    return body, content_type, content_encoding
+    return compress(body, compression), content_type, content_encoding
 
 
 def decode_state(task_id: str, queue: str, body: bytes, content_type: Optional[str],
@@ -37,6 +93,12 @@ def decode_state(task_id: str, queue: str, body: bytes, content_type: Optional[s
     reported, never destroyed.
     """
     where = f"; the message stays in queue {queue!r}" if queue else ""
+    try:
+        body = decompress(body)
+    except Exception as exc:
+        raise InvalidResultError(
+            f"result of task {task_id!r} cannot be decompressed: {exc}{where}",
+            task_id=task_id, queue=queue, cause=exc) from exc
     try:
         payload = loads(body, content_type, content_encoding, accept=accept)
     except ContentDisallowed as exc:

@@ -136,7 +136,28 @@ class Settings:
             raise ValueError(
                 "amqp_results_queue_type 'quorum' needs the default topology: Celery 4's "
                 "result queues are auto-delete, which quorum queues cannot be")
+        if topology == "celery4":
+            refuse_for_celery4(conf)
         return cls(queue_prefix=prefix, peek_attempts=attempts, peek_grace=grace,
                    read_timeout=read_timeout, ssl=use_ssl,
                    max_result_size=size, management_url=management_url,
                    topology=topology, queue_type=queue_type)
+
+
+def refuse_for_celery4(conf: Mapping[str, Any]) -> None:
+    """Celery 5.7 settings the celery4 topology cannot honour: a ValueError naming each.
+
+    Celery 4 clients read those queues, and Celery 4 neither decompresses a state
+    nor knows a failure's own expiry (its queues expire as a whole, by x-expires).
+    """
+    if conf.get("result_compression"):
+        raise ValueError(
+            f"result_compression {conf.get('result_compression')!r} needs the default "
+            f"topology: with amqp_results_topology 'celery4', Celery 4 clients read the "
+            f"result queues and cannot decompress a state; unset one of the two")
+    if conf.get("result_failure_expires") is not None:
+        raise ValueError(
+            "result_failure_expires needs the default topology: with "
+            "amqp_results_topology 'celery4' a result queue expires as a whole "
+            "(x-expires, as Celery 4 declares it), so a failure cannot expire at its "
+            "own time; unset one of the two")

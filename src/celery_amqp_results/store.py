@@ -133,7 +133,8 @@ class Store:
     def put(self, task_id: str, state: str, queue_name: str, routing_key: Optional[str],
             body: bytes, content_type: str, content_encoding: str) -> None:
         """Store one state of ``task_id`` in ``queue_name``; announce it under ``routing_key``."""
-        properties = self._properties(task_id, content_type, content_encoding, expire=True)
+        properties = self._properties(task_id, content_type, content_encoding,
+                                      self.topology.expires_at(state, time.time()))
         queue = self.topology.storage_queue(queue_name)
 
         def operation(channel: Any) -> None:
@@ -157,21 +158,20 @@ class Store:
         With ``create`` the queue is declared if needed; without, a missing queue
         makes this return False and publishes nothing (the chord log is gone).
         """
-        properties = self._properties(task_id, content_type, content_encoding, expire=False)
+        properties = self._properties(task_id, content_type, content_encoding, None)
         return self.run(lambda channel: self._publish(
             channel, queue, body, properties, task_id, state, create=create))
 
     def _properties(self, task_id: str, content_type: str, content_encoding: str,
-                    expire: bool) -> Dict[str, Any]:
+                    expires_at: Optional[int]) -> Dict[str, Any]:
         properties: Dict[str, Any] = {
             "content_type": content_type,
             "content_encoding": content_encoding,
             "delivery_mode": self.topology.delivery_mode,
             "correlation_id": task_id,
         }
-        if expire and self.topology.expires:
-            properties["application_headers"] = {
-                EXPIRES_AT: int(time.time() * 1000) + self.topology.expires_ms}
+        if expires_at is not None:
+            properties["application_headers"] = {EXPIRES_AT: expires_at}
         return properties
 
     def _publish(self, channel: Any, queue: NoCacheQueue, body: bytes,

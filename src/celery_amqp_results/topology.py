@@ -54,7 +54,7 @@ QUORUM = {"x-queue-type": "quorum", "x-queue-leader-locator": "balanced"}
 SETTING_FOR_ARGUMENT = {
     "x-queue-type": "amqp_results_queue_type",
     "x-queue-leader-locator": "amqp_results_queue_type",
-    "x-expires": "result_expires",
+    "x-expires": "result_expires and result_failure_expires",
     "x-max-length": "the result topology (queue keeps only the newest state)",
     "x-overflow": "the result topology (queue keeps only the newest state)",
     "durable": "the result topology (result queues are durable)",
@@ -76,7 +76,8 @@ class Topology:
 
     def __init__(self, names: Names, exchange_name: str, exchange_type: str,
                  expires: Optional[float], persistent: bool,
-                 chord_expires: Optional[float] = None, queue_type: str = "classic") -> None:
+                 chord_expires: Optional[float] = None, queue_type: str = "classic",
+                 failure_expires: Optional[float] = None) -> None:
         if queue_type not in QUEUE_TYPES:
             raise ValueError(
                 f"amqp_results_queue_type must be one of "
@@ -86,7 +87,19 @@ class Topology:
                 "result_exchange_type 'headers' cannot route a state by task id: "
                 "use 'direct' (the default), 'topic' or 'fanout'")
         self.names = names
+        #: Seconds a state lives after it was stored (None: for ever): result_expires.
         self.expires = expires if expires and expires > 0 else None
+        #: The same for a FAILURE state (result_failure_expires; None given: as
+        #: result_expires).  Only FAILURE, as Celery's Redis backend does.
+        failure = expires if failure_expires is None else failure_expires
+        self.failure_expires = failure if failure and failure > 0 else None
+        lifetimes = (self.expires, self.failure_expires)
+        #: How long a result queue lives after its last use (its x-expires): the longer
+        #: of the two, so the queue never cuts a state short, and never if either
+        #: lives for ever.  A state's own end is its expires-at header, so the
+        #: shorter one is not kept past its time either (readers treat it as gone).
+        self.queue_expires: Optional[float] = (
+            None if None in lifetimes else max(lifetimes))  # type: ignore[type-var]
         self.persistent = persistent
         self.delivery_mode = 2 if persistent else 1
         self.exchange = kombu.Exchange(
@@ -96,8 +109,8 @@ class Topology:
         self.queue_arguments: Dict[str, Any] = dict(NEWEST_ONLY)
         if queue_type == "quorum":
             self.queue_arguments.update(QUORUM)
-        if self.expires:
-            self.queue_arguments["x-expires"] = self.expires_ms
+        if self.queue_expires:
+            self.queue_arguments["x-expires"] = max(1, round(self.queue_expires * 1000))
         chord_expires = chord_expires if chord_expires is not None else self.expires
         self.chord_arguments: Dict[str, Any] = {}
         if chord_expires and chord_expires > 0:
@@ -107,6 +120,12 @@ class Topology:
     def expires_ms(self) -> int:
         assert self.expires is not None
         return max(1, round(self.expires * 1000))
+
+    def expires_at(self, state: str, now: float) -> Optional[int]:
+        """The ``expires-at`` header of a ``state`` stored at ``now`` (epoch seconds), in
+        milliseconds since the epoch; None if that state never expires."""
+        lifetime = self.failure_expires if state == "FAILURE" else self.expires
+        return None if lifetime is None else int(now * 1000) + max(1, round(lifetime * 1000))
 
     def storage_queue(self, queue_name: str) -> NoCacheQueue:
         """The durable newest-state-only queue called ``queue_name`` (quorum if so set)."""
