@@ -13,20 +13,26 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from celery import Celery
 
 #: This folder: the worker runs here and imports ``bench_tasks`` from it.
 HERE = Path(__file__).resolve().parent
-RABBIT_HOST = "127.0.0.1:5672"
-RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+#: The broker, from the same variables as the tests (tests/broker.py), so that
+#: ``eval "$(scripts/rabbitmq4 env)"`` points a benchmark at the RabbitMQ 4.0 node too.
+RABBIT_HOST = (f"{os.environ.get('CAR_TEST_HOST', '127.0.0.1')}:"
+               f"{os.environ.get('CAR_TEST_PORT', '5672')}")
+RABBITMQCTL: List[str] = (shlex.split(os.environ["CAR_TEST_RABBITMQCTL"])
+                          if os.environ.get("CAR_TEST_RABBITMQCTL")
+                          else [shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"])
 
 
 def amqp_url(vhost: str) -> str:
@@ -36,7 +42,7 @@ def amqp_url(vhost: str) -> str:
 
 def rabbitmqctl(*args: str, timeout: float = 600) -> str:
     """Run ``rabbitmqctl *args``; its standard output.  Raises if it fails or times out."""
-    return subprocess.run([RABBITMQCTL, *args], check=True, capture_output=True, text=True,
+    return subprocess.run([*RABBITMQCTL, *args], check=True, capture_output=True, text=True,
                           timeout=timeout).stdout
 
 

@@ -1,19 +1,52 @@
-"""Test helpers that look at the real RabbitMQ with rabbitmqctl (never mocked)."""
+"""Test helpers that look at the real RabbitMQ with rabbitmqctl (never mocked).
+
+Which broker the suite runs against is set here alone, from the environment, defaulting
+to the machine's shared node (``scripts/rabbitmq4 env`` prints the settings of the
+project's RabbitMQ 4.0 node):
+
+* ``CAR_TEST_HOST`` / ``CAR_TEST_PORT``: its AMQP listener [127.0.0.1 / 5672];
+* ``CAR_TEST_MANAGEMENT_PORT``: its management API [15672];
+* ``CAR_TEST_RABBITMQCTL``: the command that is its ``rabbitmqctl`` [rabbitmqctl];
+* ``CAR_TEST_RABBITMQ_ROOT``: a folder with another RabbitMQ installation (a chroot)
+  that private nodes start from [none: the machine's own installation];
+* ``CAR_TEST_EPMD_PORT``: the epmd that private nodes of that installation use;
+* ``CAR_TEST_BROKER_LOG``: the node's log, checked for deprecation warnings at the end.
+"""
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import time
 import uuid
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
-HOST = "127.0.0.1"
-PORT = 5672
+HOST = os.environ.get("CAR_TEST_HOST", "127.0.0.1")
+PORT = int(os.environ.get("CAR_TEST_PORT", "5672"))
+MANAGEMENT_PORT = int(os.environ.get("CAR_TEST_MANAGEMENT_PORT", "15672"))
+RABBITMQCTL: List[str] = shlex.split(os.environ.get("CAR_TEST_RABBITMQCTL", "rabbitmqctl"))
+RABBITMQ_ROOT: Optional[str] = os.environ.get("CAR_TEST_RABBITMQ_ROOT") or None
+EPMD_PORT: Optional[int] = (int(os.environ["CAR_TEST_EPMD_PORT"])
+                            if os.environ.get("CAR_TEST_EPMD_PORT") else None)
+BROKER_LOG: Optional[str] = os.environ.get("CAR_TEST_BROKER_LOG") or None
+#: The shared node's URL on vhost ``/`` (the test apps' default).
+DEFAULT_URL = f"amqp://guest:guest@{HOST}:{PORT}//"
 
 
 def rabbitmqctl(*args: str) -> str:
-    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True,
+    return subprocess.run([*RABBITMQCTL, *args], check=True, capture_output=True,
                           text=True, timeout=60).stdout
+
+
+def management_url(user: str = "guest", password: str = "guest") -> str:
+    """The shared node's management API, as ``amqp_results_management_url`` takes it."""
+    return f"http://{user}:{password}@{HOST}:{MANAGEMENT_PORT}/"
+
+
+def broker_version() -> str:
+    """The version of the broker the suite runs against (``rabbitmqctl version``)."""
+    return rabbitmqctl("version").strip()
 
 
 def new_vhost() -> str:
@@ -40,6 +73,10 @@ def queues(vhost: str) -> List[Dict[str, Any]]:
         # rabbitmqctl gives arguments as [[name, type, value], ...]
         if isinstance(row.get("arguments"), list):
             row["arguments"] = {arg[0]: arg[-1] for arg in row["arguments"]}
+        # RabbitMQ 4.x records the default type of a queue declared without one as an
+        # argument; 3.10 does not.  Both mean the same queue, so both read as 3.10's.
+        if row.get("arguments", {}).get("x-queue-type") == "classic":
+            del row["arguments"]["x-queue-type"]
     return rows
 
 

@@ -33,6 +33,12 @@ def url(vhost: str) -> str:
 
 def make_app(url: str, **conf: object) -> Celery:
     app = Celery("tests", broker=url, backend=url, set_as_current=False)
+    if broker.MANAGEMENT_PORT != 15672:
+        # Another broker than the shared node: its API is not at the AMQP host's 15672.
+        # No credentials in it: the backend then logs in with the AMQP URL's, as it
+        # does with the API it derives.
+        conf.setdefault("amqp_results_management_url",
+                        f"http://{broker.HOST}:{broker.MANAGEMENT_PORT}/")
     app.conf.update(broker_connection_retry_on_startup=True, **conf)
     return app
 

@@ -9,7 +9,9 @@ import os
 
 from celery import Celery
 
-url = os.environ.get("CAR_TEST_URL", "amqp://guest:guest@127.0.0.1:5672//")
+from tests import broker
+
+url = os.environ.get("CAR_TEST_URL", broker.DEFAULT_URL)
 backend_url = os.environ.get("CAR_TEST_BACKEND_URL", url)
 app = Celery("fault_tasks_app", broker=url, backend=backend_url)
 app.conf.update(

@@ -11,6 +11,12 @@ sets ``NODENAME=rabbit@localhost`` and /etc/rabbitmq/rabbitmq.conf sets
 ``listeners.tcp.local = 127.0.0.1:5672``, either of which would make the private
 node clash with the shared one.
 
+With ``CAR_TEST_RABBITMQ_ROOT`` set (see tests/broker.py), the node runs from that
+folder's RabbitMQ installation instead (``scripts/rabbitmq4``'s Debian trixie folder
+with RabbitMQ 4.0): its temp dir is inside the folder, it runs there with
+``chroot --userspec rabbitmq:rabbitmq`` and registers with that folder's epmd
+(``CAR_TEST_EPMD_PORT``), so RabbitMQ 4 private nodes and clusters work like 3.10 ones.
+
 ``stop()`` keeps the data dir, so ``start()`` brings back the same node with its
 durable queues and persistent messages.  ``destroy()`` stops it and removes it all.
 
@@ -34,6 +40,8 @@ from typing import Dict, List, NamedTuple, Optional
 
 import amqp
 
+from tests import broker
+
 #: The real start script, not /usr/sbin/rabbitmq-server: that wrapper switches to
 #: the ``rabbitmq`` user, cds to /var/lib/rabbitmq and resets HOME.
 RABBITMQ_SBIN = Path("/usr/lib/rabbitmq/bin")
@@ -44,7 +52,9 @@ HOST = "127.0.0.1"
 
 #: Ports a private node must never take: the shared node's AMQP and distribution
 #: ports, epmd, and the range rabbitmqctl picks its own distribution port from.
-RESERVED_PORTS = {4369, 5672, 25672, *range(35672, 35683)}
+RESERVED_PORTS = {4369, 5672, 25672, *range(35672, 35683),
+                  # the same for scripts/rabbitmq4's node (its defaults), and both APIs
+                  4381, 5681, 25681, *range(35681, 35692), 15672, 15681}
 
 
 def free_port(avoid: Optional[set] = None) -> int:
@@ -116,7 +126,14 @@ class PrivateNode:
         self.management_port: Optional[int] = (
             free_port({self.port, self.dist_port, self.tls_port or 0}) if management else None)
         self.extra_config = extra_config
-        self.base = Path(tempfile.mkdtemp(prefix="car-rabbit-"))
+        #: The folder of the RabbitMQ installation this node runs from (a chroot), or
+        #: None for the machine's own installation.
+        self.root: Optional[Path] = Path(broker.RABBITMQ_ROOT) if broker.RABBITMQ_ROOT else None
+        if self.root is not None and not (self.root / "proc" / "self").exists():
+            raise RuntimeError(f"{self.root}/proc is not mounted: start that installation's "
+                               "node first (scripts/rabbitmq4 start)")
+        self.base = Path(tempfile.mkdtemp(
+            prefix="car-rabbit-", dir=None if self.root is None else self.root / "tmp"))
         self.proc: Optional[subprocess.Popen] = None
         #: Seconds the last start() took until AMQP connections were accepted.
         self.last_start_seconds: Optional[float] = None
@@ -158,6 +175,35 @@ class PrivateNode:
     def node_log(self) -> Path:
         return self.log_dir / f"{self.nodename}.log"
 
+    def _inside(self, path: Path) -> str:
+        """``path`` as the node sees it (inside its installation's folder, if any)."""
+        if self.root is None:
+            return str(path)
+        return "/" + str(path.relative_to(self.root))
+
+    def _command(self, program: Path, *args: str) -> List[str]:
+        """argv that runs ``program`` of this node's installation (chrooted if need be)."""
+        if self.root is None:
+            return [str(program), *args]
+        return ["chroot", "--userspec=rabbitmq:rabbitmq", str(self.root), str(program), *args]
+
+    def _own_files(self) -> None:
+        """Hand the temp dir to the installation's rabbitmq user (a chrooted node only)."""
+        if self.root is None:
+            return
+        subprocess.run(["chroot", str(self.root), "chown", "-R", "rabbitmq:rabbitmq",
+                        self._inside(self.base)], check=True, capture_output=True, timeout=60)
+
+    def _tls_file(self, path: Path) -> str:
+        """A TLS file's path for the node's config, copied into the temp dir if the node
+        runs chrooted and the file is outside its folder."""
+        if self.root is None:
+            return str(path)
+        copy = self.base / "tls" / path.name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, copy)
+        return self._inside(copy)
+
     def _write_files(self) -> None:
         for sub in ("mnesia", "log", "home", "conf.d"):
             (self.base / sub).mkdir()
@@ -169,9 +215,9 @@ class PrivateNode:
                   "log.file.level = info\n")
         if self.tls is not None:
             config += (f"listeners.ssl.local = {HOST}:{self.tls_port}\n"
-                       f"ssl_options.cacertfile = {self.tls.cacertfile}\n"
-                       f"ssl_options.certfile = {self.tls.certfile}\n"
-                       f"ssl_options.keyfile = {self.tls.keyfile}\n"
+                       f"ssl_options.cacertfile = {self._tls_file(self.tls.cacertfile)}\n"
+                       f"ssl_options.certfile = {self._tls_file(self.tls.certfile)}\n"
+                       f"ssl_options.keyfile = {self._tls_file(self.tls.keyfile)}\n"
                        "ssl_options.verify = verify_none\n"
                        "ssl_options.fail_if_no_peer_cert = false\n")
         if self.management_port is not None:
@@ -190,7 +236,7 @@ class PrivateNode:
                if not key.startswith(("RABBITMQ_", "ERL_"))
                and key not in {"NODENAME", "NODE_PORT", "CONFIG_FILE", "MNESIA_BASE",
                                "LOG_BASE", "ENABLED_PLUGINS_FILE", "PLUGINS_DIR"}}
-        base = self.base
+        base = Path(self._inside(self.base))
         env.update(
             HOME=str(base / "home"),  # its own ~/.erlang.cookie
             RABBITMQ_CONF_ENV_FILE=str(base / "rabbitmq-env.conf"),
@@ -203,7 +249,7 @@ class PrivateNode:
             RABBITMQ_CONFIG_FILES=str(base / "conf.d"),
             RABBITMQ_ADVANCED_CONFIG_FILE=str(base / "advanced.config"),
             RABBITMQ_MNESIA_BASE=str(base / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.log_dir),
+            RABBITMQ_LOG_BASE=str(base / "log"),
             RABBITMQ_PID_FILE=str(base / "rabbitmq.pid"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
             RABBITMQ_MOTD_FILE=str(base / "motd"),
@@ -211,6 +257,8 @@ class PrivateNode:
             ERL_EPMD_ADDRESS=HOST,
             ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}",
         )
+        if broker.EPMD_PORT is not None:
+            env["ERL_EPMD_PORT"] = str(broker.EPMD_PORT)
         return env
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -220,12 +268,13 @@ class PrivateNode:
         if self.running:
             return self
         began = time.monotonic()
+        self._own_files()
         self._starts += 1
         with open(self.console_log, "ab") as log:
             log.write(f"\n===== start #{self._starts} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [str(RABBITMQ_SERVER)], cwd=self.base, env=self.env(),
+                self._command(RABBITMQ_SERVER), cwd=self.base, env=self.env(),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         try:
@@ -341,7 +390,7 @@ class PrivateNode:
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """Run ``rabbitmqctl -n <this node> ARGS`` (with this node's cookie); its stdout."""
         return subprocess.run(
-            [str(RABBITMQCTL), "-n", self.nodename, *args], env=self.env(), cwd=self.base,
+            self._command(RABBITMQCTL, "-n", self.nodename, *args), env=self.env(), cwd=self.base,
             check=True, capture_output=True, text=True, timeout=timeout).stdout
 
     def queues(self) -> List[Dict[str, object]]:

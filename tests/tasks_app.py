@@ -11,7 +11,9 @@ from typing import Any
 
 from celery import Celery
 
-url = os.environ.get("CAR_TEST_URL", "amqp://guest:guest@127.0.0.1:5672//")
+from tests import broker
+
+url = os.environ.get("CAR_TEST_URL", broker.DEFAULT_URL)
 app = Celery("tasks_app", broker=url, backend=url)
 app.conf.update(
     task_track_started=True,

@@ -10,7 +10,9 @@ import os
 
 from celery import Celery
 
-url = os.environ.get("CAR_TEST_URL", "amqp://guest:guest@127.0.0.1:5672//")
+from tests import broker
+
+url = os.environ.get("CAR_TEST_URL", broker.DEFAULT_URL)
 app = Celery("tasks_celery4", broker=url, backend=url)
 app.conf.update(
     amqp_results_topology="celery4",
