@@ -17,6 +17,7 @@ quorum queue's newest state, a failover URL whose first node is dead): about
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -131,7 +132,8 @@ def test_queue_type_setting_and_the_arguments_it_gives() -> None:
     assert "x-queue-type" not in classic.storage_queue("p.task.x").queue_arguments
     assert quorum.storage_queue("p.task.x").queue_arguments == {
         "x-max-length": 1, "x-overflow": "drop-head", "x-expires": 10_000,
-        "x-queue-type": "quorum", "x-queue-leader-locator": "balanced"}
+        "x-queue-type": "quorum", "x-queue-leader-locator": "balanced",
+        "x-delivery-limit": 2**31 - 1}
     # Chord queues stay classic: their exclusive read needs classic queues.
     for queue in (quorum.chord_log_queue("p.chord.g"), quorum.chord_size_queue("p.chord-size.g")):
         assert "x-queue-type" not in queue.queue_arguments
@@ -191,9 +193,23 @@ def test_quorum_result_queue_arguments_on_a_cluster(whole: Cluster) -> None:
     assert len(led_by) >= 2
 
 
+def settled(node: ClusterNode, name: str, limit: float = 30) -> None:
+    """Until queue ``name`` has no unacknowledged message and one ready: a requeue (an
+    asynchronous basic.nack, no reply) has reached the queue, however busy the machine."""
+    deadline = time.monotonic() + limit
+    while True:
+        out = node.ctl("list_queues", "-p", "/", "name", "messages_ready",
+                       "messages_unacknowledged", "--formatter", "json", "-q")
+        row = next((row for row in json.loads(out or "[]") if row["name"] == name), None)
+        if row and row["messages_unacknowledged"] == 0 and row["messages_ready"] == 1:
+            return
+        assert time.monotonic() < deadline, f"queue {name} did not settle: {row}"
+        time.sleep(0.1)
+
+
 def test_a_returned_old_state_drops_the_new_one_unless_replaced(whole: Cluster) -> None:
     """On a quorum queue a reader's requeue of an old state drops a newer one stored while
-    it held it (RabbitMQ 3.10.8); replace.py stores while holding the old one instead."""
+    it held it (RabbitMQ 3.10.8, not 4.0.5); replace.py stores while holding the old one."""
     topology = Topology(Names("celery-results."), "celeryresults", "direct", 60.0, True,
                         queue_type="quorum")
     reader_conn, reader = raw_channel(whole.nodes[1])
@@ -221,7 +237,7 @@ def test_a_returned_old_state_drops_the_new_one_unless_replaced(whole: Cluster) 
                 timer.start()
                 assert replace(writer, name, store_new, grace=5.0) is True
                 timer.join()
-            time.sleep(0.2)
+            settled(whole.nodes[2], name)
             bodies = []
             while (message := writer.basic_get(name, no_ack=True)) is not None:
                 bodies.append(message.body)
@@ -230,7 +246,10 @@ def test_a_returned_old_state_drops_the_new_one_unless_replaced(whole: Cluster) 
     finally:
         reader_conn.close()
         writer_conn.close()
-    assert kept == {"plain publish": ["old"], "replace": ["new"]}
+    # RabbitMQ 4.0's quorum queues no longer drop the newer message for a returned one
+    # (measured here); replace() keeps the new state on both.
+    major = int(whole.nodes[0].ctl("version").strip().split(".")[0])
+    assert kept == {"plain publish": ["old"] if major < 4 else ["new"], "replace": ["new"]}
 
 
 def test_failover_url_whose_first_node_is_dead(whole: Cluster) -> None:

@@ -382,3 +382,24 @@ def test_date_done_carries_an_offset(app) -> None:
     stored = app.backend.get_task_meta(task_id, cache=False)["date_done"]
     value = stored if isinstance(stored, datetime) else datetime.fromisoformat(stored)
     assert value.tzinfo is not None
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_result_stays_readable_through_hundreds_of_polls(url, vhost, queue_type) -> None:
+    """Every read requeues the state; RabbitMQ 4.0's quorum queues count that as a
+    delivery and drop a message past their default limit of 20 (topology.py)."""
+    app = make_app(url, amqp_results_queue_type=queue_type)
+    try:
+        task_id = new_id()
+        app.backend.mark_as_done(task_id, {"n": 1})
+        seen = [app.backend.get_task_meta(task_id, cache=False)["status"]
+                for _ in range(300)]
+        lost = [n for n, status in enumerate(seen) if status != states.SUCCESS]
+        assert not lost, f"read {lost[0] + 1} of 300 saw {seen[lost[0]]}"
+        with RawBroker(vhost) as raw:
+            assert raw.message_count(qname(task_id)) == 1
+        queue = broker.queue(vhost, qname(task_id))
+        assert queue["arguments"].get("x-queue-type", "classic") == queue_type
+    finally:
+        app.backend.forget(task_id)
+        app.backend.close()

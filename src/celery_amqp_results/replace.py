@@ -6,6 +6,8 @@ the one ``x-overflow=drop-head`` drops.  On a quorum queue (RabbitMQ 3.10.8,
 ``benchmarks/cluster_facts.py``) the returned message is exempt and the *newer*
 one is dropped, so a task polled while it finishes can keep its ``STARTED``
 state for good: 84 of 100 tasks polled by 3 readers lost their ``SUCCESS``.
+RabbitMQ 4.0.5 drops the returned (older) message instead, as a classic queue does
+(tests/test_cluster.py checks both), but 3.x is supported, so every store replaces.
 
 So a state that replaces another in a quorum queue is stored by taking the old
 message first (``basic.get``; a consumer while a reader holds it), publishing the
