@@ -517,3 +517,39 @@ def test_real_celery_4_4_client_waits_on_our_worker(compat_worker, url) -> None:
     added, failed = legacy_client(url, "send", COMPAT_QUEUE)
     assert (added["state"], added["value"]) == (states.SUCCESS, "42")
     assert (failed["state"], failed["value"]) == (states.FAILURE, "raised ValueError('bad')")
+
+
+def installation_major() -> int:
+    """Major version of the RabbitMQ installation private nodes start from."""
+    return int(broker.broker_version().split(".")[0])
+
+
+@pytest.mark.skipif(installation_major() < 4, reason="RabbitMQ 3.x has no deprecated "
+                    "features to refuse (it will not boot with the setting)")
+def test_transient_queues_refused_by_rabbitmq_4_is_a_clear_error() -> None:
+    """What a RabbitMQ 4.3 user with Celery 4's result_persistent=False gets (4.3 refuses
+    transient non-exclusive queues by default; 4.0 does when told to)."""
+    from celery_amqp_results.errors import ResultBrokerError
+    from tests.conftest import make_app
+    from tests.private_node import PrivateNode
+
+    with PrivateNode(extra_config="deprecated_features.permit.transient_nonexcl_queues "
+                                  "= false") as node:
+        refused = make_app(node.url, amqp_results_topology="celery4",
+                           result_persistent=False)
+        durable = make_app(node.url, amqp_results_topology="celery4",
+                           result_persistent=True)
+        try:
+            task_id = str(uuid.uuid4())
+            with pytest.raises(ResultBrokerError) as error:
+                refused.backend.mark_as_done(task_id, 1)
+            assert not error.value.retryable
+            assert "the broker refused Celery 4 result queue '" in str(error.value)
+            assert "result_persistent=True" in str(error.value)
+            assert "transient_nonexcl_queues" in str(error.value)
+            # Durable Celery 4 queues are what works: stored and read back.
+            durable.backend.mark_as_done(task_id, 2)
+            assert durable.AsyncResult(task_id).get(timeout=10) == 2
+        finally:
+            refused.backend.close()
+            durable.backend.close()

@@ -5,11 +5,11 @@ import logging
 from typing import Any, Callable, TypeVar
 
 import amqp
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import InternalError, PreconditionFailed
 from kombu.common import maybe_declare
 
 from ..channel import returns_of, revived
-from ..errors import ResultStoreError
+from ..errors import ResultBrokerError, ResultStoreError
 from .topology import Celery4Topology
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ class Celery4Store:
         queue = topology.result_queue(name)
         try:
             queue.queue_declare(channel=channel)
+        except InternalError as exc:
+            if "transient_nonexcl_queues" not in str(exc):
+                raise
+            raise ResultBrokerError(topology.explain_transient_refused(name, str(exc)),
+                                    retryable=False) from exc
         except PreconditionFailed as exc:
             revived(channel)
             logger.error(topology.explain_mismatch(name, str(exc)))

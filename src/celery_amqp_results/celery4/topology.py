@@ -113,6 +113,20 @@ class Celery4Topology:
             body.setdefault(key, value)
         return body
 
+    @staticmethod
+    def explain_transient_refused(name: str, reply_text: str) -> str:
+        """A sentence for a broker that refuses Celery 4's transient result queues."""
+        first = reply_text.splitlines()[0] if reply_text else reply_text
+        return (
+            f"the broker refused Celery 4 result queue {name!r}: with "
+            f"result_persistent=False Celery 4 declared its result queues transient "
+            f"(not durable, auto-delete, not exclusive), which RabbitMQ 4.x deprecates "
+            f"and refuses from 4.3 on (or with deprecated_features.permit."
+            f"transient_nonexcl_queues = false); broker said: {first}. Set "
+            f"result_persistent=True in the Celery 4 fleet and every process with "
+            f"amqp_results_topology='celery4' (durable queues, as Celery 4 then "
+            f"declared them), or permit the feature on the broker")
+
     def explain_mismatch(self, name: str, reply_text: str) -> str:
         """Turn RabbitMQ's PRECONDITION_FAILED text into a sentence naming the setting."""
         match = _INEQUIVALENT.search(reply_text)
