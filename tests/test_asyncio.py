@@ -488,7 +488,7 @@ def test_wrong_password_names_host_and_vhost_never_the_password(vhost) -> None:
 
     error = run(main())
     text = str(error)
-    assert f"127.0.0.1:5672 vhost {vhost!r} as user 'guest'" in text, text
+    assert f"{broker.HOST}:{broker.PORT} vhost {vhost!r} as user 'guest'" in text, text
     assert secret not in text and secret not in repr(error.__cause__)
     assert error.retryable is False
 
@@ -667,7 +667,8 @@ def test_unknown_vhost_names_the_real_user() -> None:
             return caught.value
 
     error = run(main())
-    prefix = f"cannot use the result broker at 127.0.0.1:5672 vhost {name!r} as user 'guest': "
+    prefix = (f"cannot use the result broker at {broker.HOST}:{broker.PORT} vhost {name!r} "
+              "as user 'guest': ")
     assert str(sync_error).startswith(prefix)
     assert str(error).startswith(prefix), str(error)
     assert "****" not in str(error) and not error.retryable

@@ -13,7 +13,7 @@ a state past its ``expires-at`` is no state.
 from __future__ import annotations
 
 import asyncio
-from typing import List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
@@ -43,6 +43,8 @@ class Peeker:
         self._idle: List[AbstractChannel] = []
         self._slots = asyncio.Semaphore(channels)
         self._in_use: Set[int] = set()
+        #: aiormq's channel under each aio-pika channel in use, by number.
+        self._underlay: Dict[int, Any] = {}
         self._last = _channel_max(connection)
         if self._last <= WAITER_CHANNEL + channels:
             raise ValueError(
@@ -76,13 +78,16 @@ class Peeker:
                     if message is not None:
                         await message.nack(requeue=True)
                 except aiormq.exceptions.ChannelNotFoundEntity:
+                    self._forget_getter(channel.number or 0)
                     self._in_use.discard(channel.number or 0)
                     return None  # no such queue: the broker has closed this channel
                 except BaseException:
                     self._in_use.discard(channel.number or 0)
+                    self._underlay.pop(channel.number or 0, None)
                     raise
                 if channel.is_closed:
                     self._in_use.discard(channel.number or 0)
+                    self._underlay.pop(channel.number or 0, None)
                 else:
                     self._idle.append(channel)
             if message is not None:
@@ -111,11 +116,21 @@ class Peeker:
             self._in_use.add(number)
             # aiormq 6 (aio-pika 9) stores the broker's close of this channel (a missing
             # queue) in a future nobody awaits, and asyncio logs it as unretrieved.
-            closing = getattr(await channel.get_underlay_channel(), "closing", None)
+            underlay = await channel.get_underlay_channel()
+            self._underlay[number] = underlay
+            closing = getattr(underlay, "closing", None)
             if isinstance(closing, asyncio.Future):
                 closing.add_done_callback(retrieve)
             return channel
         raise RuntimeError("no free channel number on the result broker connection")
+
+    def _forget_getter(self, number: int) -> None:
+        """After the broker closed channel ``number`` on a basic.get: aiormq 6.8 (the
+        newest for Python 3.9) leaves that get's reply future behind and rejects it when
+        the channel closes; nobody awaits it, so asyncio would log it as unretrieved."""
+        getter = getattr(self._underlay.pop(number, None), "getter", None)
+        if isinstance(getter, asyncio.Future):
+            getter.add_done_callback(retrieve)
 
     async def close(self) -> None:
         """Close the idle channels (the connection's close would take them anyway)."""
