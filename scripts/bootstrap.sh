@@ -11,6 +11,8 @@
 #   VENV    virtualenv path (default: .venv in the repo root; relative paths are
 #           taken from the repo root)
 #   PYTHON  interpreter to create the virtualenv with (default: first python3 >= 3.9)
+#   CELERY  a pip requirement for Celery in that venv, e.g. "celery==5.3.*" (default: the
+#           newest release pyproject.toml allows); scripts/test.sh's matrix sets it
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -173,9 +175,13 @@ fi
 # -- 4. this package and its test tools ------------------------------------------------------
 STAMP="$VENV/.installed"
 
-# True when the venv has this very checkout installed editable, and pytest, ruff and mypy.
+CELERY_SPEC="${CELERY:-}"
+
+# True when the venv has this very checkout installed editable, and pytest, ruff and mypy,
+# and the Celery that CELERY asks for.
 installed_here() {
     [ -x "$VENV/bin/pytest" ] && [ -x "$VENV/bin/ruff" ] && [ -x "$VENV/bin/mypy" ] || return 1
+    [ "$(cat "$STAMP" 2>/dev/null)" = "celery: $CELERY_SPEC" ] || return 1
     "$VENV/bin/python" - "$ROOT" <<'PY' >/dev/null 2>&1
 import json, sys
 from importlib import metadata
@@ -195,13 +201,13 @@ else
     # pip's own warnings (and setuptools') are kept in a log shown only on failure.
     log="$(mktemp "${TMPDIR:-/tmp}/bootstrap-pip.XXXXXX")"
     if ! { "$VENV/bin/python" -m pip install -q --upgrade pip \
-           && "$VENV/bin/python" -m pip install -q -e ".[test]"; } >"$log" 2>&1; then
+           && "$VENV/bin/python" -m pip install -q -e ".[test]" ${CELERY_SPEC:+"$CELERY_SPEC"}; } >"$log" 2>&1; then
         cat "$log" >&2
         rm -f "$log"
         die "pip install failed (output above)"
     fi
     rm -f "$log"
+    echo "celery: $CELERY_SPEC" >"$STAMP"
     installed_here || die "pip install finished but the package, pytest, ruff or mypy is missing from $VENV"
-    touch "$STAMP"
-    say "deps: installed"
+    say "deps: installed (celery $("$VENV/bin/python" -c 'import celery; print(celery.__version__)'))"
 fi

@@ -263,3 +263,31 @@ class TestSettings:
             Settings.from_conf({"amqp_results_ssl": ssl.create_default_context()})
         assert Settings.from_conf({"amqp_results_ssl": {"ca_certs": "x"}}).ssl == {
             "ca_certs": "x"}
+
+
+def test_supported_versions_table_is_what_ci_runs() -> None:
+    """README's supported-versions table, scripts/test.sh's runs and pyproject.toml agree."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = root.joinpath("README.md").read_text()
+    section = readme.split("## Supported versions", 1)[1].split("\n## ", 1)[0]
+    table = {(row[0], row[1], row[2], row[3])
+             for row in (line.strip("| ").split(" | ") for line in section.splitlines()
+                         if line.startswith("| rabbitmq-"))}
+    script = root.joinpath("scripts", "test.sh").read_text()
+    runs = set()
+    for name, python, celery in re.findall(
+            r'run_suite (rabbitmq-[\d.]+) ([\d.]+) "celery==([\d.]+)\.\*"', script):
+        runs.add((name, python, celery, name.split("-", 1)[1]))
+    assert runs and table == runs, (table, runs)
+    pyproject = root.joinpath("pyproject.toml").read_text()
+    pythons = sorted({row[1] for row in runs}, key=lambda v: tuple(map(int, v.split("."))))
+    celeries = sorted({row[2] for row in runs}, key=lambda v: tuple(map(int, v.split("."))))
+    assert f'requires-python = ">={pythons[0]}"' in pyproject
+    low, high = re.search(r'"celery>=([\d.]+),<([\d.]+)"', pyproject).groups()
+    assert low == celeries[0]
+    assert tuple(map(int, celeries[-1].split("."))) < tuple(map(int, high.split(".")))
+    for python in pythons:
+        assert f'"Programming Language :: Python :: {python}"' in pyproject
