@@ -3,11 +3,13 @@
 A reader peeks a result with ``basic.get`` and puts the message straight back.
 On a classic queue a state stored meanwhile wins: the returned older message is
 the one ``x-overflow=drop-head`` drops.  On a quorum queue (RabbitMQ 3.10.8,
-``benchmarks/cluster_facts.py``) the returned message is exempt and the *newer*
-one is dropped, so a task polled while it finishes can keep its ``STARTED``
-state for good: 84 of 100 tasks polled by 3 readers lost their ``SUCCESS``.
-RabbitMQ 4.0.5 drops the returned (older) message instead, as a classic queue does
-(tests/test_cluster.py checks both), but 3.x is supported, so every store replaces.
+``benchmarks/cluster_facts.py``), in a queue without ``x-delivery-limit``, the
+returned message is exempt and the *newer* one is dropped, so a task polled while it
+finishes can keep its ``STARTED`` state for good: 84 of 100 tasks polled by 3 readers
+lost their ``SUCCESS``.  With a delivery limit (ours declare one) 3.10.8 keeps the
+newer message, and RabbitMQ 4.0.5 always does, as a classic queue does
+(tests/test_cluster.py checks all three); none of that is documented behaviour, so
+every store into a quorum queue still replaces.
 
 So a state that replaces another in a quorum queue is stored by taking the old
 message first (``basic.get``; a consumer while a reader holds it), publishing the

@@ -45,9 +45,6 @@ EXPIRES_AT = "expires-at"
 #: Values of ``amqp_results_queue_type``: the kind of queue results are stored in.
 QUEUE_TYPES = ("classic", "quorum")
 
-#: Arguments that make a result queue a quorum queue whose leader is placed on the
-#: node leading the fewest queues (RabbitMQ 3.10+; the default, ``client-local``,
-#: would put every result on the node its storing process is connected to).
 #: A quorum queue's delivery limit: every read is a basic.get and a requeue, which
 #: counts as a delivery.  RabbitMQ 4.0 gives quorum queues a default limit of 20 and
 #: drops a message past it (measured: a stored state was gone after the 21st read);
@@ -55,6 +52,10 @@ QUEUE_TYPES = ("classic", "quorum")
 #: on both.  2**31 - 1 is accepted by both and outlasts ~68 years of 1 read/s.
 QUORUM_DELIVERY_LIMIT = 2**31 - 1
 
+#: Arguments that make a result queue a quorum queue whose leader is placed on the
+#: node leading the fewest queues (RabbitMQ 3.10+; the default, ``client-local``,
+#: would put every result on the node its storing process is connected to), with the
+#: delivery limit above.
 QUORUM = {"x-queue-type": "quorum", "x-queue-leader-locator": "balanced",
           "x-delivery-limit": QUORUM_DELIVERY_LIMIT}
 
