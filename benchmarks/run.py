@@ -6,6 +6,7 @@ Peers, all with the same RabbitMQ broker for task messages (each peer in its own
 fresh vhost, deleted at the end; Redis results in db 15, flushed at start and end):
 
 * ``ours``  this package, ``result_backend = amqp://guest:guest@127.0.0.1:5672/<vhost>``
+  (another broker with the tests' CAR_TEST_* variables: ``eval "$(scripts/rabbitmq4 env)"``)
 * ``redis`` Celery's ``redis://127.0.0.1:6379/15``
 * ``rpc``   Celery's ``rpc://``
 * ``cab``   the ``celery-amqp-backend`` package (``celery_amqp_backend.AMQPBackend://``)
@@ -977,8 +978,17 @@ def environment() -> Dict[str, Any]:
         "python": platform.python_version(), "platform": platform.platform(),
         "cpus": os.cpu_count(), "celery": celery.__version__, "kombu": kombu.__version__,
         "amqp": amqp.__version__, "redis": redis.__version__,
+        "rabbitmq": rabbitmq_version(), "broker": RABBIT_HOST,
         "load_average_at_start": os.getloadavg(),
     }
+
+
+def rabbitmq_version() -> str:
+    """The broker's version (``rabbitmqctl version``), or why it is not known."""
+    try:
+        return rabbitmqctl("version", timeout=60).strip()
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"unknown ({exc})"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
