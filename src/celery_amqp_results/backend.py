@@ -34,6 +34,7 @@ from .naming import Names
 from .read import expired, peek
 from .settings import Settings, read_topology
 from .store import Store
+from .telemetry import Telemetry, Wait
 from .topology import NoCacheQueue, Topology
 from .waiter import Waiter, drain
 
@@ -113,7 +114,9 @@ class AMQPBackend(BaseBackend):
         self._template = conn_mod.make_connection(app, self.url, connection, self.settings.ssl)
         self._pool = conn_mod.ConnectionPool(
             self._template.clone, conf.get("broker_pool_limit") or 10)
-        self._store = Store(self._pool, self.topology, self.retry_policy)
+        #: Spans and metrics (telemetry.py): nothing without opentelemetry-api.
+        self._telemetry = Telemetry(self._template.hostname, self._template.port, self.names)
+        self._store = Store(self._pool, self.topology, self.retry_policy, self._telemetry)
         self._chords = NativeChords(self, ChordLog(
             self._store, self.topology, self.names, self.settings.peek_attempts))
         self._local = threading.local()
@@ -177,8 +180,21 @@ class AMQPBackend(BaseBackend):
             # the latter on every version, so readers always get an offset.
             meta["date_done"] = self.app.now().isoformat()
         meta["task_id"] = task_id
-        self._store.put(task_id, state, queue_name, self.rkey(task_id), *self._serialize(meta))
+        self._put("store", task_id, state, queue_name, self.rkey(task_id), meta)
         return result
+
+    def _put(self, operation: str, task_id: str, state: str, queue_name: str,
+             routing_key: Optional[str], meta: Meta) -> None:
+        """Serialize and store one state, in a span carrying the trace it was stored in."""
+        body, content_type, content_encoding = self._serialize(meta)
+        of = "group" if operation == "save_group" else "task"
+        with self._telemetry.span(operation, "send", task_id, queue_name, of, {
+                "celery.state": state, "messaging.message.body.size": len(body)}):
+            headers: Dict[str, Any] = {}
+            self._telemetry.inject(headers)
+            self._store.put(task_id, state, queue_name, routing_key, body, content_type,
+                            content_encoding, headers=headers)
+        self._telemetry.count("states_stored", 1, {"celery.state": state})
 
     def _serialize(self, meta: Meta) -> Tuple[bytes, str, str]:
         """Serialize a state once; refuse it before publishing if it is too large."""
@@ -199,7 +215,9 @@ class AMQPBackend(BaseBackend):
         return isinstance(exc, tuple(self._template.recoverable_connection_errors))
 
     def _forget(self, task_id: str) -> None:
-        self._store.delete(self.names.task_queue(task_id))
+        queue_name = self.names.task_queue(task_id)
+        with self._telemetry.span("forget", "settle", task_id, queue_name):
+            self._store.delete(queue_name)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -221,6 +239,11 @@ class AMQPBackend(BaseBackend):
         if meta is None:
             return {"status": states.PENDING, "result": None}
         return self._rebuild(task_id, meta)
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """This backend's spans and metrics (telemetry.py)."""
+        return self._telemetry
 
     @property
     def connection_template(self) -> kombu.Connection:
@@ -246,7 +269,8 @@ class AMQPBackend(BaseBackend):
                 f"rebuild: {exc}; the message stays in queue {queue!r}",
                 task_id=task_id, queue=queue, cause=exc) from exc
 
-    def _peek_meta(self, queue_name: str, task_id: str) -> Optional[Meta]:
+    def _peek_meta(self, queue_name: str, task_id: str,
+                   operation: str = "read") -> Optional[Meta]:
         """The state stored in ``queue_name``, None if none or expired.
 
         A broker that cannot be reached is retried for ``amqp_results_read_timeout``
@@ -254,14 +278,19 @@ class AMQPBackend(BaseBackend):
         """
         attempts = self.settings.peek_attempts
         deadline = time.monotonic() + self.settings.read_timeout
-        message = self._store.run(lambda channel: peek(channel, queue_name, attempts),
-                                  deadline)
-        if message is None or expired(message):
-            return None
-        return self._decode(task_id, message, queue_name)
+        of = "group" if operation == "restore_group" else "task"
+        with self._telemetry.span(operation, "receive", task_id, queue_name, of) as span:
+            message = self._store.run(lambda channel: peek(channel, queue_name, attempts),
+                                      deadline, name=operation)
+            if message is None or expired(message):
+                return None
+            meta = self._decode(task_id, message, queue_name)
+            self._telemetry.link_origin(span, task_id)
+            return meta
 
     def _decode(self, task_id: str, message: Any, queue_name: Optional[str] = None) -> Meta:
         """Decode a raw message holding a state of ``task_id`` (stored in ``queue_name``)."""
+        self._telemetry.saw(task_id, message)
         return decode_state(task_id, queue_name or self.names.task_queue(task_id),
                             message.body, message.properties.get("content_type"),
                             message.properties.get("content_encoding"), self.accept)
@@ -286,8 +315,10 @@ class AMQPBackend(BaseBackend):
     def consume(self, task_id: str, timeout: Optional[float] = None, no_ack: bool = True,
                 on_interval: Optional[Callable[[], Any]] = None) -> Iterator[Meta]:
         """Yield each state of ``task_id`` as it arrives, ending with the ready one."""
-        for _, meta in self._waiter().states([task_id], timeout, on_interval):
-            yield self._remember(task_id, meta)
+        with self._wait([task_id], timeout) as wait:
+            for _, meta in self._waiter().states([task_id], timeout, on_interval):
+                wait.state(task_id)
+                yield self._remember(task_id, meta)
 
     def wait_for(self, task_id: str, timeout: Optional[float] = None, cache: bool = True,
                  propagate: bool = True, no_ack: bool = True,
@@ -302,10 +333,12 @@ class AMQPBackend(BaseBackend):
         """
         meta: Meta = (self._cache.get(task_id) if cache else None) or {}
         if meta.get("status") not in READY_STATES:
-            for _, state in self._waiter().states([task_id], timeout, on_interval):
-                if on_message is not None:
-                    on_message(state)
-                meta = self._remember(task_id, state)
+            with self._wait([task_id], timeout) as wait:
+                for _, state in self._waiter().states([task_id], timeout, on_interval):
+                    wait.state(task_id)
+                    if on_message is not None:
+                        on_message(state)
+                    meta = self._remember(task_id, state)
         if propagate and meta["status"] in PROPAGATE_STATES:
             raise meta["result"]
         return meta
@@ -352,11 +385,19 @@ class AMQPBackend(BaseBackend):
                 if meta["status"] in READY_STATES:
                     yield task_id, self._remember(task_id, meta, decoded=True)
             return
-        for task_id, meta in self._waiter().states(ids, timeout, on_interval):
-            if on_message is not None:
-                on_message(meta)
-            if meta["status"] in READY_STATES:
-                yield task_id, self._remember(task_id, meta)
+        with self._wait(ids, timeout) as wait:
+            for task_id, meta in self._waiter().states(ids, timeout, on_interval):
+                wait.state(task_id)
+                if on_message is not None:
+                    on_message(meta)
+                if meta["status"] in READY_STATES:
+                    yield task_id, self._remember(task_id, meta)
+
+    def _wait(self, task_ids: Iterable[str], timeout: Optional[float]) -> Wait:
+        """A wait's span and metrics (telemetry.py); its queue named if it is one task's."""
+        ids = list(task_ids)
+        return self._telemetry.wait(
+            ids, timeout, self.names.task_queue(ids[0]) if len(ids) == 1 else None)
 
     def drain_events(self, connection: Any, consumer: Any, timeout: Optional[float] = None,
                      on_interval: Optional[Callable[[], Any]] = None,
@@ -391,18 +432,20 @@ class AMQPBackend(BaseBackend):
         queue_name = self.names.group_queue(group_id)
         meta = {"task_id": group_id, "status": states.SUCCESS,
                 "result": result.as_tuple(), "date_done": self.app.now().isoformat()}
-        self._store.put(group_id, states.SUCCESS, queue_name, None, *self._serialize(meta))
+        self._put("save_group", group_id, states.SUCCESS, queue_name, None, meta)
         return result
 
     def _restore_group(self, group_id: str) -> Optional[Meta]:
-        meta = self._peek_meta(self.names.group_queue(group_id), group_id)
+        meta = self._peek_meta(self.names.group_queue(group_id), group_id, "restore_group")
         if meta is None:
             return None
         meta["result"] = result_from_tuple(meta["result"], self.app)
         return meta
 
     def _delete_group(self, group_id: str) -> None:
-        self._store.delete(self.names.group_queue(group_id))
+        queue_name = self.names.group_queue(group_id)
+        with self._telemetry.span("delete_group", "settle", group_id, queue_name, "group"):
+            self._store.delete(queue_name)
 
     # -- native chords (chords.py): no chord_unlock task ----------------------------------------
 

@@ -220,14 +220,20 @@ class NativeChords:
             backend.chord_error_from_stack(callback, ChordError(f"Join error: {exc!r}"))
             return
         publish = getattr(backend.app.amqp, "_retry_publish", None)
+        telemetry = backend.telemetry
         try:
-            if publish is not None:  # Celery 5.5+: retries by task_publish_retry_policy
-                publish(callback.delay, values)
-            else:
-                callback.delay(values)
+            with telemetry.span("dispatch_chord", "send", group_id,
+                                backend.names.chord_queue(group_id), "chord",
+                                {"celery.chord.size": len(tally.parts)}):
+                if publish is not None:  # Celery 5.5+: retries by task_publish_retry_policy
+                    publish(callback.delay, values)
+                else:
+                    callback.delay(values)
         except Exception as exc:
             logger.exception("Chord %r: sending the body failed", group_id)
             backend.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
+        else:
+            telemetry.count("chord_dispatches")
 
     def _logged_values(self, tally: Tally) -> List[Any]:
         parts = list(tally.parts.values())

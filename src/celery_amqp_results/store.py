@@ -15,6 +15,7 @@ from .channel import returns_of, revived
 from .connection import ConnectionPool, broker_error, failures
 from .errors import ResultBrokerError, ResultStoreError
 from .replace import replace
+from .telemetry import Telemetry
 from .topology import EXPIRES_AT, NoCacheQueue, Topology
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,12 @@ class Store:
     """
 
     def __init__(self, pool: ConnectionPool, topology: Topology,
-                 retry_policy: Dict[str, Any]) -> None:
+                 retry_policy: Dict[str, Any], telemetry: Optional[Telemetry] = None) -> None:
         self.pool = pool
         self.topology = topology
         self.retry_policy = retry_policy
+        #: Where retries, declarations and deletions are counted (telemetry.py).
+        self.telemetry = telemetry or Telemetry(None, None, topology.names)
         #: Queues that exist with other arguments: not declared again (it would
         #: only fail again), published into as they are.
         self._clashing = LRUCache(limit=CLASH_CACHE_SIZE)
@@ -75,11 +78,13 @@ class Store:
         #: holding its message, not nothing to replace (replace.py).
         self._stored = LRUCache(limit=STORED_CACHE_SIZE)
 
-    def run(self, operation: Callable[[Any], T], deadline: Optional[float] = None) -> T:
+    def run(self, operation: Callable[[Any], T], deadline: Optional[float] = None,
+            name: str = "store") -> T:
         """Run ``operation(channel)`` on a pooled connection, retrying by the retry policy.
 
         With a ``deadline`` (``time.monotonic()``), what a read passes, retries also
-        stop there, and no connection attempt waits past it.
+        stop there, and no connection attempt waits past it.  ``name`` is what the
+        retries metric calls the operation.
 
         The loop is ours rather than kombu's ``Connection.ensure``: ensure connects a
         fresh connection with kombu's own retry defaults (2 s apart, ~6 s in all,
@@ -98,6 +103,8 @@ class Store:
             if (max_retries is not None and retries >= max_retries) or (
                     left is not None and left <= 0):
                 raise error from cause
+            self.telemetry.count("retries", 1, {"messaging.operation.name": name,
+                                                "error.type": type(cause).__qualname__})
             time.sleep(pause if left is None else min(pause, left))
 
         with self.pool.acquire() as conn:
@@ -131,10 +138,14 @@ class Store:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def put(self, task_id: str, state: str, queue_name: str, routing_key: Optional[str],
-            body: bytes, content_type: str, content_encoding: str) -> None:
-        """Store one state of ``task_id`` in ``queue_name``; announce it under ``routing_key``."""
+            body: bytes, content_type: str, content_encoding: str,
+            headers: Optional[Dict[str, Any]] = None) -> None:
+        """Store one state of ``task_id`` in ``queue_name``; announce it under ``routing_key``.
+
+        ``headers`` are added to the message's (a trace context, telemetry.py).
+        """
         properties = self._properties(task_id, content_type, content_encoding,
-                                      self.topology.expires_at(state, time.time()))
+                                      self.topology.expires_at(state, time.time()), headers)
         queue = self.topology.storage_queue(queue_name)
 
         def operation(channel: Any) -> None:
@@ -163,15 +174,19 @@ class Store:
             channel, queue, body, properties, task_id, state, create=create))
 
     def _properties(self, task_id: str, content_type: str, content_encoding: str,
-                    expires_at: Optional[int]) -> Dict[str, Any]:
+                    expires_at: Optional[int],
+                    headers: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         properties: Dict[str, Any] = {
             "content_type": content_type,
             "content_encoding": content_encoding,
             "delivery_mode": self.topology.delivery_mode,
             "correlation_id": task_id,
         }
+        application_headers = dict(headers or {})
         if expires_at is not None:
-            properties["application_headers"] = {EXPIRES_AT: expires_at}
+            application_headers[EXPIRES_AT] = expires_at
+        if application_headers:
+            properties["application_headers"] = application_headers
         return properties
 
     def _publish(self, channel: Any, queue: NoCacheQueue, body: bytes,
@@ -227,7 +242,8 @@ class Store:
             channel.queue_delete(queue=queue_name)
             self._clashing.pop(queue_name, None)
             self._stored.pop(queue_name, None)
-        self.run(operation)
+        self.run(operation, name="forget")
+        self.telemetry.count("queues_deleted")
 
     def _exchange(self, channel: Any) -> str:
         declare_exchange(channel, self.topology)
@@ -236,7 +252,9 @@ class Store:
     def _declare(self, channel: Any, queue: NoCacheQueue) -> Optional[int]:
         """Declare ``queue``; how many ready messages it holds (None after a clash)."""
         try:
-            return int(queue.queue_declare(channel=channel)[1])
+            ready = int(queue.queue_declare(channel=channel)[1])
+            self.telemetry.count("queues_declared")
+            return ready
         except PreconditionFailed as exc:
             revived(channel)
             # py-amqp has reopened the channel.  The queue exists, so the state

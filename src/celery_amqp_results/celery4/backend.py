@@ -76,11 +76,18 @@ class Celery4Backend(AMQPBackend):
                                      request=request)
         extended = bool(self.app.conf.find_value_for_key("extended", "result"))
         body = self.celery4.body(task_id, meta, extended)
-        self._celery4_store.put(task_id, state, name, correlation_id, *self._serialize(body))
+        serialized = self._serialize(body)
+        with self._telemetry.span("store", "send", task_id, name, "task", {
+                "celery.state": state, "messaging.message.body.size": len(serialized[0])}):
+            self._celery4_store.put(task_id, state, name, correlation_id, *serialized)
+        self._telemetry.count("states_stored", 1, {"celery.state": state})
         return result
 
     def _forget(self, task_id: str) -> None:
-        self._celery4_store.delete(celery4_queue(task_id))
+        name = celery4_queue(task_id)
+        with self._telemetry.span("forget", "settle", task_id, name):
+            self._celery4_store.delete(name)
+        self._telemetry.count("queues_deleted")
 
     # -- reading -----------------------------------------------------------------------------
 
