@@ -7,7 +7,10 @@
 #                  (.venv-py313-celery57); afterwards its log must hold no deprecation
 #                  warning that the suite caused
 #
-# Both results are printed at the end.  Extra arguments go to pytest in every run, e.g.
+# Before them, the release check (scripts/release_check.sh): the package built with
+# `python -m build`, `twine check`, its metadata, and the wheel installed in fresh Python
+# 3.9 and 3.13 venvs running the demo.
+# Every result is printed at the end.  Extra arguments go to pytest in every run, e.g.
 #   scripts/test.sh -k waiter -x
 # CAR_TEST_MATRIX picks runs: "rabbitmq-3.10", "rabbitmq-4.0", both (the default), or
 # "local": one run with .venv (the machine's default Python and newest Celery) against the
@@ -31,20 +34,25 @@ echo "test: ruff check src tests"
 echo "test: mypy src/celery_amqp_results"
 "$VENV/bin/mypy" src/celery_amqp_results || fail $?
 
+# The release as a user installs it: sdist and wheel built and checked, the wheel in
+# fresh Python 3.9 and 3.13 venvs running the demo (scripts/release_check.sh).
+# CAR_TEST_MATRIX=local leaves it out.
+release_check() {
+    local began=$SECONDS
+    if bash "$ROOT/scripts/release_check.sh"; then
+        summary release "sdist + wheel, 3.9, 3.13" "passed in $((SECONDS - began)) s"
+    else
+        local rc=$?
+        summary release "sdist + wheel, 3.9, 3.13" "FAILED (exit $rc) in $((SECONDS - began)) s"
+        fail "$rc"
+    fi
+}
+
 jobs="${CAR_TEST_JOBS:-2}"
 parallel=()
 if [ "$jobs" -gt 1 ]; then
     parallel=(-n "$jobs" --dist loadfile)
 fi
-
-# A pyenv interpreter of version $1 (e.g. 3.9), else one on PATH.
-python_for() {
-    local found
-    found="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$1".*/bin/python"$1" 2>/dev/null | sort -V | tail -1)"
-    [ -n "$found" ] || found="$(command -v "python$1" || true)"
-    [ -n "$found" ] || { echo "test: ERROR: no Python $1 found (pyenv or PATH)" >&2; return 1; }
-    echo "$found"
-}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -105,6 +113,7 @@ run_suite() {
 }
 
 matrix="${CAR_TEST_MATRIX:-rabbitmq-3.10 rabbitmq-4.0}"
+case " $matrix " in *" local "*) ;; *) echo "test: ===== release ====="; release_check ;; esac
 for run in $matrix; do
     case "$run" in
         rabbitmq-3.10) run_suite rabbitmq-3.10 3.9 "celery==5.3.*" shared "$@" ;;

@@ -3,6 +3,7 @@
 Set ``result_backend = "amqp://user:password@host:5672/vhost"`` and every task
 state is kept in RabbitMQ, readable by any process, any number of times.
 """
+from ._version import __version__
 from .backend import AMQPBackend
 from .errors import (
     BacklogLimitExceeded,
@@ -13,8 +14,6 @@ from .errors import (
     ResultTooLargeError,
     UnsafeResultError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AMQPBackend",
