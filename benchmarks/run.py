@@ -22,6 +22,7 @@ This is a measurement script: it asserts nothing about timings.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
@@ -252,6 +253,43 @@ class Peer:
     notes: List[str] = field(default_factory=list)
     #: Measured unless --peers says otherwise (the variants are opt-in).
     default: bool = True
+    #: Run before the peer is measured; returns what undoes it (otel variants).
+    setup: Optional[Callable[[], Callable[[], None]]] = None
+    #: False: only the figures without a worker (stores, reads, polls) are measured.
+    worker: bool = True
+
+
+def hide_opentelemetry() -> Callable[[], None]:
+    """As if opentelemetry-api were not installed: telemetry.py's imports are None."""
+    from celery_amqp_results import telemetry
+    saved = telemetry.otel_trace, telemetry.otel_metrics, telemetry.otel_propagate
+    telemetry.otel_trace = telemetry.otel_metrics = telemetry.otel_propagate = None
+
+    def undo() -> None:
+        telemetry.otel_trace, telemetry.otel_metrics, telemetry.otel_propagate = saved
+    return undo
+
+
+def set_opentelemetry_sdk() -> Callable[[], None]:
+    """The SDK's tracer and meter providers, as an instrumented application sets them:
+    spans batched to an exporter that drops them, metrics kept by an in-memory reader.
+    Providers are set once per process: this peer is measured last."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Dropping(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropping()))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    return lambda: None
+
 
 
 PEERS = [
@@ -283,6 +321,19 @@ PEERS = [
          conf={"result_persistent": False}, default=False,
          notes=["opt-in variant of ours: states published transient (delivery mode 1); "
                 "the queues stay durable"]),
+    Peer("ours-no-otel", "this backend, opentelemetry-api hidden",
+         lambda vhost: amqp_url(vhost), read=_meta_read, poll=_meta_read, default=False,
+         setup=hide_opentelemetry, worker=False,
+         notes=["opt-in variant of ours: as if opentelemetry-api were not installed "
+                "(telemetry.py's imports set to None); beside ours (API installed, no "
+                "provider set) it shows what the API costs when nobody traces"]),
+    # Last: the SDK's providers cannot be unset, every peer after it would be traced.
+    Peer("ours-otel-sdk", "this backend, OpenTelemetry SDK tracing",
+         lambda vhost: amqp_url(vhost), read=_meta_read, poll=_meta_read, default=False,
+         setup=set_opentelemetry_sdk, worker=False,
+         notes=["opt-in variant of ours: the SDK's tracer provider (batch processor, "
+                "exporter dropping spans) and meter provider set: a span per store and "
+                "read, metrics recorded; always measured after every other peer"]),
 ]
 
 
@@ -603,6 +654,10 @@ def polls_per_second(peer: Peer, app: Celery, plan: Plan) -> Tuple[float, int]:
     return rate, done
 
 
+#: The figures measure_without_worker takes.
+WITHOUT_WORKER = ("stores_per_s", "reads_per_s", "polls_per_s")
+
+
 def measure_without_worker(peer: Peer, broker: str, backend: str, plan: Plan,
                            results: Results) -> None:
     """stores/s, then reads/s of what was stored, then polls/s; each rep on fresh apps."""
@@ -752,6 +807,9 @@ def measure_peer(peer: Peer, vhosts: Vhosts, plan: Plan, out_dir: Path, stamp: s
                  specs: List[FigureSpec]) -> Tuple[Results, Dict[str, Any]]:
     """Every figure for one peer, in a vhost of its own (deleted afterwards)."""
     results: Results = {spec.key: Outcome(na=peer.na.get(spec.key)) for spec in specs}
+    if not peer.worker:
+        for key in set(results) - set(WITHOUT_WORKER):
+            results[key].na = "n/a: this variant is measured without a worker"
     info: Dict[str, Any] = {"label": peer.label, "notes": peer.notes}
     vhost = vhosts.new(peer.key)
     broker = amqp_url(vhost)
@@ -760,15 +818,19 @@ def measure_peer(peer: Peer, vhosts: Vhosts, plan: Plan, out_dir: Path, stamp: s
     log_path = out_dir / f"worker-{peer.key}-{stamp}.log"
     info["worker_log"] = str(log_path)
     started = time.monotonic()
+    undo = peer.setup() if peer.setup is not None else None
     try:
         measure_without_worker(peer, broker, backend, plan, results)
-        measure_with_worker(peer, broker, backend, plan, results, log_path)
+        if peer.worker:
+            measure_with_worker(peer, broker, backend, plan, results, log_path)
         info["queues_left_on_broker"] = queue_count(vhost)
     except Exception as exc:  # something outside any one figure: mark what is missing
         for outcome in results.values():
             if not outcome.na and not outcome.samples and not outcome.error:
                 outcome.error = short_error(exc)
     finally:
+        if undo is not None:
+            undo()
         info["seconds"] = round(time.monotonic() - started, 1)
         vhosts.delete(vhost)
     return results, info
@@ -979,8 +1041,17 @@ def environment() -> Dict[str, Any]:
         "cpus": os.cpu_count(), "celery": celery.__version__, "kombu": kombu.__version__,
         "amqp": amqp.__version__, "redis": redis.__version__,
         "rabbitmq": rabbitmq_version(), "broker": RABBIT_HOST,
+        "opentelemetry_api": package_version("opentelemetry-api"),
         "load_average_at_start": os.getloadavg(),
     }
+
+
+def package_version(name: str) -> Optional[str]:
+    """The installed version of distribution ``name``, None if it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def rabbitmq_version() -> str:
