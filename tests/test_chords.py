@@ -148,7 +148,10 @@ def test_replace_inside_a_chord(t: Any) -> None:
 
 def test_replace_with_a_group_inside_a_chord(t: Any) -> None:
     result = chord([t.add.s(1, 1), t.replace_with.s(5, as_group=True)], t.collect.s()).apply_async()
-    assert result.get(timeout=30) == [2, [6, 7]]
+    first, replaced = result.get(timeout=30)
+    # The header keeps its order; the order inside the replacing group (Celery turns it
+    # into a chord of its own) is not pinned: CI once saw [7, 6] on Celery 5.3.
+    assert first == 2 and sorted(replaced) == [6, 7]
 
 
 def test_chain_inside_a_chord_header(t: Any) -> None:

@@ -184,13 +184,16 @@ def test_the_prometheus_example_exposes_the_metrics(url: str) -> None:
     pytest.importorskip("opentelemetry.exporter.prometheus")
     port = free_port()
     client = make_app(url)
+    # A queue of its own: the session's worker consumes the default one in this vhost
+    # and does not know the example's task.
+    queue = f"prometheus-{uuid.uuid4().hex[:8]}"
     try:
         with running_worker("examples.prometheus_metrics", url, "prometheus.log",
-                            "--pool=solo", client=client,
+                            "--pool=solo", "-Q", queue, client=client,
                             env={"CAR_EXAMPLE_URL": url,
                                  "CAR_EXAMPLE_METRICS_PORT": str(port)}):
-            results = [client.send_task("examples.prometheus_metrics.add", (i, i))
-                       for i in range(3)]
+            results = [client.send_task("examples.prometheus_metrics.add", (i, i),
+                                        queue=queue) for i in range(3)]
             assert [result.get(timeout=30) for result in results] == [0, 2, 4]
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
                                         timeout=10) as answer:
