@@ -190,6 +190,9 @@ def test_the_prometheus_example_exposes_the_metrics(url: str) -> None:
     try:
         with running_worker("examples.prometheus_metrics", url, "prometheus.log",
                             "--pool=solo", "-Q", queue, client=client,
+                            # Not the session worker's node name: RabbitMQ 4.0 refuses
+                            # a second consumer of its exclusive pidbox queue.
+                            node_prefix="car-prometheus",
                             env={"CAR_EXAMPLE_URL": url,
                                  "CAR_EXAMPLE_METRICS_PORT": str(port)}):
             results = [client.send_task("examples.prometheus_metrics.add", (i, i),
