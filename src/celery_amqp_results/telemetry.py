@@ -98,7 +98,8 @@ class Instruments:
             QUEUES_DECLARED, unit="{queue}",
             description="Result queue declarations sent (a store declares its queue)")
         self.queues_deleted = meter.create_counter(
-            QUEUES_DELETED, unit="{queue}", description="Result queues deleted (forget)")
+            QUEUES_DELETED, unit="{queue}",
+            description="Result and group queues deleted (forget, group delete)")
         self.chord_dispatches = meter.create_counter(
             CHORD_DISPATCHES, unit="{chord}",
             description="Chord bodies sent by a chord's last header task")
