@@ -256,6 +256,10 @@ class PrivateNode:
             # As the shared node's env file does: distribution on loopback only.
             ERL_EPMD_ADDRESS=HOST,
             ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            # rabbitmqctl's VM without scheduler busy-waiting, as the server runs: with
+            # Erlang 27's default one call took 15-25 s on a loaded 2-core machine
+            # (scripts/rabbitmq4 has the figures).
+            RABBITMQ_CTL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none",
         )
         if broker.EPMD_PORT is not None:
             env["ERL_EPMD_PORT"] = str(broker.EPMD_PORT)
