@@ -61,6 +61,7 @@ from harness import (  # noqa: E402  (needs HERE on sys.path)
     stop_worker,
     wait_for_ping,
 )
+from server_cpu import ServerCpu  # noqa: E402  (needs HERE on sys.path)
 
 REDIS_DB = 15
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -75,6 +76,13 @@ STATE_BODY = json.dumps({
     "status": "SUCCESS", "result": 2, "traceback": None, "children": [],
     "date_done": "2024-01-01T00:00:00.000000+00:00",
     "task_id": "00000000-0000-0000-0000-000000000000"}).encode()
+
+
+#: The servers' CPU clocks (server_cpu.py), found once by main(); None: not sampled.
+SERVER_CPU: Optional[ServerCpu] = None
+
+#: Where each figure keeps its servers' CPU seconds per 1000 results, one dict per rep.
+CPU_EXTRA = "server_cpu_s_per_1000"
 
 
 # -- plan ----------------------------------------------------------------------------------
@@ -665,22 +673,28 @@ def measure_without_worker(peer: Peer, broker: str, backend: str, plan: Plan,
         stored: List[str] = []
         writer = make_app(broker, backend, peer.conf)
         try:
+            before = cpu_sample()
             rate, stored = stores_per_second(peer, writer, plan)
+            # + 1: the untimed first store, which opened the connection
+            note_cpu(results, ["stores_per_s"], before, len(stored) + 1)
             record(results, peer, "stores_per_s", rep, plan, rate, ops=len(stored))
         except Exception as exc:
             fail(results, peer, "stores_per_s", exc)
         finally:
             close_app(writer)
-        readers: Dict[str, Callable[[Celery], Tuple[float, int]]] = {
-            "reads_per_s": partial(reads_per_second, peer, stored=stored, plan=plan),
-            "polls_per_s": partial(polls_per_second, peer, plan=plan),
+        # Each reader's untimed operations: the first read; the store and first poll.
+        readers: Dict[str, Tuple[Callable[[Celery], Tuple[float, int]], int]] = {
+            "reads_per_s": (partial(reads_per_second, peer, stored=stored, plan=plan), 1),
+            "polls_per_s": (partial(polls_per_second, peer, plan=plan), 2),
         }
-        for key, run in readers.items():
+        for key, (run, untimed) in readers.items():
             if key in peer.na or results[key].error:
                 continue
             reader = make_app(broker, backend, peer.conf)
             try:
+                before = cpu_sample()
                 rate, done = run(reader)
+                note_cpu(results, [key], before, done + untimed)
                 record(results, peer, key, rep, plan, rate, ops=done)
             except Exception as exc:
                 fail(results, peer, key, exc)
@@ -747,11 +761,17 @@ def measure_with_worker(peer: Peer, broker: str, backend: str, plan: Plan,
                 for size in plan.group_sizes:
                     key = f"group_{size}_s"
                     if not results[key].error:
+                        before = cpu_sample()
                         attempt(results, peer, key, rep, plan,
                                 lambda size=size: group_wall_time(app, size))
+                        if not results[key].error:
+                            note_cpu(results, [key], before, size)
                 if not results["roundtrip_p50_ms"].error:
                     try:
+                        before = cpu_sample()
                         p50, p99 = round_trip(app, plan.roundtrip_calls)
+                        note_cpu(results, ["roundtrip_p50_ms", "roundtrip_p99_ms"], before,
+                                 plan.roundtrip_calls)
                         record(results, peer, "roundtrip_p50_ms", rep, plan, p50)
                         record(results, peer, "roundtrip_p99_ms", rep, plan, p99)
                     except Exception as exc:
@@ -763,7 +783,10 @@ def measure_with_worker(peer: Peer, broker: str, backend: str, plan: Plan,
                     if not peer.chords or results[key].error:
                         continue
                     try:
+                        before = cpu_sample()
                         median, delays = chord_delay(app, count, width)
+                        # each chord: its header results and the body's
+                        note_cpu(results, [key], before, count * (width + 1))
                         record(results, peer, key, rep, plan, median)
                         results[key].extra.setdefault("all_ms", []).extend(delays)
                     except Exception as exc:
@@ -774,6 +797,21 @@ def measure_with_worker(peer: Peer, broker: str, backend: str, plan: Plan,
                 fail(results, peer, key, exc)
     finally:
         close_app(app)
+
+
+def cpu_sample() -> Dict[str, float]:
+    """The servers' CPU seconds so far ({} when they are not sampled)."""
+    return SERVER_CPU.sample() if SERVER_CPU is not None else {}
+
+
+def note_cpu(results: Results, keys: List[str], before: Dict[str, float],
+             count: int) -> None:
+    """Keep the servers' CPU seconds since ``before`` per 1000 of ``count`` results."""
+    if SERVER_CPU is None or not before:
+        return
+    spent = ServerCpu.per_1000(before, SERVER_CPU.sample(), count)
+    for key in keys:
+        results[key].extra.setdefault(CPU_EXTRA, []).append(spent)
 
 
 def attempt(results: Results, peer: Peer, key: str, rep: int, plan: Plan,
@@ -907,6 +945,10 @@ def print_report(plan: Plan, specs: List[FigureSpec], peers: List[Peer],
     rows = [[spec.label, spec.unit, *[cell(all_results[peer.key][spec.key]) for peer in peers]]
             for spec in specs]
     print_table("RAW FIGURES (median (min..max) over reps)", header, rows)
+    cpu_rows = [[spec.label, "s/1000", *[cpu_cell(all_results[peer.key][spec.key])
+                                         for peer in peers]] for spec in specs]
+    print_table("SERVER CPU per 1000 results of each figure (median over reps): the RabbitMQ "
+                "node's process, + redis-server's where it spent >= 0.01 s", header, cpu_rows)
     floor_rows = [[spec.label, spec.unit, cell(floors[spec.key])] for spec in FLOOR_SPECS]
     print_table("RAW FLOORS (py-amqp alone, one connection, one operation at a time)",
                 ["floor", "unit", "value"], floor_rows)
@@ -951,6 +993,19 @@ def measured_counts(results: Results, info: Dict[str, Any]) -> str:
     if info.get("queues_left_on_broker") is not None:
         text += f"; queues in its vhost at the end: {info['queues_left_on_broker']}"
     return text + f"; {info.get('seconds')} s in all"
+
+
+def cpu_cell(outcome: Outcome) -> str:
+    """The RabbitMQ node's CPU s per 1000 results, and redis-server's if it did work."""
+    spent = outcome.extra.get(CPU_EXTRA)
+    if outcome.na or outcome.error or not spent:
+        return "-"
+    text = ""
+    for name, prefix in (("rabbitmq", ""), ("redis", " +redis ")):
+        values = [sample[name] for sample in spent if name in sample]
+        if values and (name == "rabbitmq" or statistics.median(values) >= 0.01):
+            text += prefix + fmt(statistics.median(values))
+    return text.strip() or "-"
 
 
 def ratio_cell(value: Optional[float], theirs: Outcome) -> str:
@@ -1043,6 +1098,7 @@ def environment() -> Dict[str, Any]:
         "rabbitmq": rabbitmq_version(), "broker": RABBIT_HOST,
         "opentelemetry_api": package_version("opentelemetry-api"),
         "load_average_at_start": os.getloadavg(),
+        "server_pids": SERVER_CPU.pids if SERVER_CPU is not None else None,
     }
 
 
@@ -1076,6 +1132,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     started = time.monotonic()
+    global SERVER_CPU
+    SERVER_CPU = ServerCpu.find(rabbitmqctl,
+                                redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB))
+    missing = [name for name, pid in SERVER_CPU.pids.items() if pid is None]
+    if missing:
+        print(f"server CPU: no figures for {', '.join(missing)} (its process was not "
+              f"found on this host)", flush=True)
     payload: Dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "argv": sys.argv, "plan": plan.__dict__,
                                "plan_description": plan.describe(),
