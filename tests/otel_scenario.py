@@ -5,11 +5,13 @@ are process-wide and set once, so the rest of the suite must not see them.
 span exporter) and meter provider (in-memory reader), instruments Celery with
 ``opentelemetry-instrumentation-celery``, starts a real worker in this process
 (Celery's test worker: a WorkController consuming from the broker at URL, solo pool),
-runs tasks, a group, a chord, a timed-out wait and a forget under one client span,
+runs tasks, a group, a chord, a timed-out wait, the asyncio API's read and waits and a
+forget under one client span,
 and writes every span and metric point to OUT as JSON.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import uuid
@@ -25,6 +27,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from celery_amqp_results.aio import AsyncResults
 
 
 def span_row(span: Any) -> Dict[str, Any]:
@@ -55,6 +59,19 @@ def metric_rows(reader: InMemoryMetricReader) -> List[Dict[str, Any]]:
                         "count": getattr(point, "count", None),
                         "sum": getattr(point, "sum", None)})
     return rows
+
+
+async def asyncio_calls(app: Celery, add: Any) -> Dict[str, Any]:
+    """The asyncio API's read, wait and timed-out wait (asyncio.run keeps the client span)."""
+    ids: Dict[str, Any] = {"aio_task": add.delay(4, 4).id, "aio_missing": str(uuid.uuid4())}
+    async with AsyncResults(app) as results:
+        ids["aio_value"] = await results.get(ids["aio_task"], timeout=30)
+        ids["aio_read"] = (await results.get_meta(ids["aio_task"]))["result"]
+        try:
+            await results.wait(ids["aio_missing"], timeout=0.3)
+        except CeleryTimeoutError:
+            ids["aio_timed_out"] = True
+    return ids
 
 
 def main(url: str, out: str) -> None:
@@ -95,6 +112,7 @@ def main(url: str, out: str) -> None:
                 app.AsyncResult(str(uuid.uuid4())).get(timeout=0.3)
             except CeleryTimeoutError:
                 ids["timed_out"] = True
+            ids.update(asyncio.run(asyncio_calls(app, add)))
             app.AsyncResult(result.id).forget()
     provider.force_flush()
     report = {"ids": ids, "spans": [span_row(span) for span in exporter.get_finished_spans()],

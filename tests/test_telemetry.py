@@ -97,7 +97,8 @@ def test_group_wait_timeout_forget_and_chord_dispatch_spans(scenario: Dict[str, 
     assert group_waits, "no wait span for the group"
     assert len(group_waits[0]["links"]) == 3  # one per member's store span
     (timed_out,) = [span for span in spans_named(scenario, "wait ")
-                    if span["attributes"]["celery_amqp_results.wait.outcome"] == "timeout"]
+                    if span["attributes"]["celery_amqp_results.wait.outcome"] == "timeout"
+                    and span["attributes"].get("celery.task_id") != ids["aio_missing"]]
     assert timed_out["status"] == "ERROR"
     assert timed_out["attributes"]["error.type"] == "TimeoutError"
     (forget,) = spans_named(scenario, "forget ")
@@ -117,22 +118,47 @@ def test_metrics_count_what_happened(scenario: Dict[str, Any]) -> None:
         return sum(row["value"] for row in points(scenario, name)
                    if attributes.items() <= row["attributes"].items())
 
-    # 1 task, a group of 3, a chord of 3 and its body: 8 SUCCESS states.
-    assert total(telemetry.STATES_STORED, **{"celery.state": "SUCCESS"}) == 8
+    # 1 task, a group of 3, a chord of 3 and its body, the asyncio task: 9 SUCCESS states.
+    assert total(telemetry.STATES_STORED, **{"celery.state": "SUCCESS"}) == 9
     assert total(telemetry.CHORD_DISPATCHES) == 1
-    assert total(telemetry.WAIT_TIMEOUTS) == 1
+    assert total(telemetry.WAIT_TIMEOUTS) == 2  # a synchronous and an asyncio one
     assert total(telemetry.QUEUES_DELETED) == 1
     # Every store declares its queue; the chord's log queues are declared too.
     assert total(telemetry.QUEUES_DECLARED) >= 8
     assert total(telemetry.STORE_RETRIES) == 0
     durations = {row["attributes"]["celery_amqp_results.wait.outcome"]: row
                  for row in points(scenario, telemetry.WAIT_DURATION)}
-    assert durations["timeout"]["count"] == 1
+    assert durations["timeout"]["count"] == 2
     assert 0.25 < durations["timeout"]["sum"] < 30
     assert durations["ready"]["count"] >= 3
     units = {row["name"]: row["unit"] for row in scenario["metrics"]}
     assert units[telemetry.WAIT_DURATION] == "s"
     assert units[telemetry.STATES_STORED] == "{state}"
+
+
+def test_the_asyncio_api_records_its_reads_and_waits(scenario: Dict[str, Any]) -> None:
+    ids, spans = scenario["ids"], by_id(scenario)
+    task_id = ids["aio_task"]
+    assert ids["aio_value"] == 8 and ids["aio_read"] == 8 and ids["aio_timed_out"]
+    (store,) = [span for span in spans_named(scenario, "store ")
+                if span["attributes"]["celery.task_id"] == task_id]
+    origin = {"trace_id": store["trace_id"], "span_id": store["span_id"]}
+    of_task = [span for span in scenario["spans"]
+               if span["attributes"].get("celery.task_id") == task_id]
+    (wait,) = [span for span in of_task if span["name"].startswith("wait ")]
+    (read,) = [span for span in of_task if span["name"].startswith("read ")]
+    assert wait["attributes"]["celery_amqp_results.wait.outcome"] == "ready"
+    assert wait["attributes"]["celery_amqp_results.wait.timeout"] == 30
+    assert origin in wait["links"] and origin in read["links"]
+    assert read["kind"] == "CLIENT"
+    assert read["attributes"]["messaging.destination.name"] == f"celery-results.task.{task_id}"
+    # asyncio.run copied the client span's context: both are its children.
+    client = spans[ids["client_span"]]
+    assert wait["parent_id"] == read["parent_id"] == client["span_id"]
+    (missing,) = [span for span in spans_named(scenario, "wait ")
+                  if span["attributes"].get("celery.task_id") == ids["aio_missing"]]
+    assert missing["attributes"]["celery_amqp_results.wait.outcome"] == "timeout"
+    assert missing["status"] == "ERROR"
 
 
 @pytest.fixture

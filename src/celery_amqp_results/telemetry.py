@@ -9,6 +9,7 @@ messaging semantic conventions (``messaging.*``) where they apply.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -197,7 +198,10 @@ class Telemetry:
 
     def saw(self, task_id: str, message: Any) -> None:
         """Remember the trace context a decoded state of ``task_id`` was stored under."""
-        headers = getattr(message, "properties", {}).get("application_headers")
+        self.saw_headers(task_id, getattr(message, "properties", {}).get("application_headers"))
+
+    def saw_headers(self, task_id: str, headers: Optional[Mapping[str, Any]]) -> None:
+        """As ``saw``, from the message's headers (what aio-pika gives)."""
         if headers and "traceparent" in headers and tracing():
             origins = self._origins.__dict__
             if len(origins) > 1000:  # decoded, never asked for by a span: forget
@@ -252,7 +256,8 @@ class Wait:
             self.end(READY)
         elif isinstance(error, CeleryTimeoutError):
             self.end(TIMEOUT, error)
-        elif isinstance(error, GeneratorExit):
+        elif isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+            # the caller stopped iterating, or cancelled the awaiting task
             self.end(CLOSED)
         else:
             self.end(ERROR, error)

@@ -44,6 +44,9 @@ class AsyncResults:
                 f"{type(backend).__module__}.{type(backend).__qualname__}")
         self.backend = backend
         self._names = backend.names
+        #: The backend's spans and metrics (telemetry.py): reads and waits are recorded
+        #: as the synchronous ones are.
+        self._telemetry = backend.telemetry
         self._hub = Hub(addresses(backend.connection_template), backend.topology,
                         backend.settings.peek_attempts, backend.retry_policy)
 
@@ -57,6 +60,12 @@ class AsyncResults:
         most, then ResultBrokerError, as the synchronous read does.
         """
         queue_name = self._names.task_queue(task_id)
+        with self._telemetry.span("read", "receive", task_id, queue_name) as span:
+            meta = await self._read(task_id, queue_name)
+            self._telemetry.link_origin(span, task_id)
+            return meta
+
+    async def _read(self, task_id: str, queue_name: str) -> Meta:
         deadline = asyncio.get_running_loop().time() + self.backend.settings.read_timeout
         for attempt in range(READ_ATTEMPTS):
             link = await self._hub.link_by(deadline)
@@ -87,13 +96,15 @@ class AsyncResults:
 
     async def wait(self, task_id: str, timeout: Optional[float] = None) -> Meta:
         """Wait until ``task_id`` is ready and return its meta (never raises the task's error)."""
-        self._names.task_queue(task_id)  # InvalidTaskIdError before any I/O
+        queue_name = self._names.task_queue(task_id)  # InvalidTaskIdError before any I/O
         wait = Wait(self._hub, [task_id], timeout, self._decode)
         try:
-            while True:
-                _, meta = await wait.next()
-                if meta["status"] in states.READY_STATES:
-                    return meta
+            with self._telemetry.wait([task_id], timeout, queue_name) as record:
+                while True:
+                    _, meta = await wait.next()
+                    record.state(task_id)
+                    if meta["status"] in states.READY_STATES:
+                        return meta
         finally:
             wait.close()
 
@@ -112,10 +123,12 @@ class AsyncResults:
             return
         wait = Wait(self._hub, ids, timeout, self._decode)
         try:
-            while wait.pending:
-                task_id, meta = await wait.next()
-                if meta["status"] in states.READY_STATES:
-                    yield task_id, meta
+            with self._telemetry.wait(ids, timeout) as record:
+                while wait.pending:
+                    task_id, meta = await wait.next()
+                    record.state(task_id)
+                    if meta["status"] in states.READY_STATES:
+                        yield task_id, meta
         finally:
             wait.close()
 
@@ -127,17 +140,20 @@ class AsyncResults:
         stored is not (``get_meta`` shows it), as for ``backend.consume``.
         ``timeout`` is one deadline for the whole iteration.
         """
-        self._names.task_queue(task_id)
+        queue_name = self._names.task_queue(task_id)
         wait = Wait(self._hub, [task_id], timeout, self._decode)
         try:
-            while wait.pending:
-                _, meta = await wait.next()
-                yield meta
+            with self._telemetry.wait([task_id], timeout, queue_name) as record:
+                while wait.pending:
+                    _, meta = await wait.next()
+                    record.state(task_id)
+                    yield meta
         finally:
             wait.close()
 
     def _decode(self, task_id: str, message: AbstractIncomingMessage) -> Meta:
         """Decode a state like the synchronous backend, exceptions rebuilt safely."""
+        self._telemetry.saw_headers(task_id, message.headers)
         meta = decode_state(task_id, self._names.task_queue(task_id), message.body,
                             message.content_type, message.content_encoding,
                             self.backend.accept)
