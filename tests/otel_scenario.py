@@ -6,7 +6,7 @@ span exporter) and meter provider (in-memory reader), instruments Celery with
 ``opentelemetry-instrumentation-celery``, starts a real worker in this process
 (Celery's test worker: a WorkController consuming from the broker at URL, solo pool),
 runs tasks, a group, a chord, a timed-out wait, the asyncio API's read and waits and a
-forget under one client span,
+forget under one client span (and a store, read and forget of the Celery 4 topology),
 and writes every span and metric point to OUT as JSON.
 """
 from __future__ import annotations
@@ -74,6 +74,20 @@ async def asyncio_calls(app: Celery, add: Any) -> Dict[str, Any]:
     return ids
 
 
+def celery4_calls(url: str) -> Dict[str, Any]:
+    """A store, a read and a forget with amqp_results_topology = "celery4" (no worker)."""
+    app = Celery("otel_celery4", broker=url, backend=url, set_as_current=False)
+    app.conf.amqp_results_topology = "celery4"
+    task_id = str(uuid.uuid4())
+    try:
+        app.backend.store_result(task_id, 7, "SUCCESS")
+        read = app.backend.get_task_meta(task_id)["result"]
+        app.AsyncResult(task_id).forget()
+    finally:
+        app.backend.close()
+    return {"c4_task": task_id, "c4_read": read}
+
+
 def main(url: str, out: str) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -114,6 +128,7 @@ def main(url: str, out: str) -> None:
                 ids["timed_out"] = True
             ids.update(asyncio.run(asyncio_calls(app, add)))
             app.AsyncResult(result.id).forget()
+            ids.update(celery4_calls(url))
     provider.force_flush()
     report = {"ids": ids, "spans": [span_row(span) for span in exporter.get_finished_spans()],
               "metrics": metric_rows(reader)}

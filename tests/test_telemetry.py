@@ -101,8 +101,8 @@ def test_group_wait_timeout_forget_and_chord_dispatch_spans(scenario: Dict[str, 
                     and span["attributes"].get("celery.task_id") != ids["aio_missing"]]
     assert timed_out["status"] == "ERROR"
     assert timed_out["attributes"]["error.type"] == "TimeoutError"
-    (forget,) = spans_named(scenario, "forget ")
-    assert forget["attributes"]["celery.task_id"] == ids["task"]
+    (forget,) = [span for span in spans_named(scenario, "forget ")
+                 if span["attributes"]["celery.task_id"] == ids["task"]]
     assert forget["attributes"]["messaging.operation.type"] == "settle"
     (dispatch,) = spans_named(scenario, "dispatch_chord ")
     assert dispatch["name"] == "dispatch_chord celery-results.chord.{group_id}"
@@ -118,11 +118,12 @@ def test_metrics_count_what_happened(scenario: Dict[str, Any]) -> None:
         return sum(row["value"] for row in points(scenario, name)
                    if attributes.items() <= row["attributes"].items())
 
-    # 1 task, a group of 3, a chord of 3 and its body, the asyncio task: 9 SUCCESS states.
-    assert total(telemetry.STATES_STORED, **{"celery.state": "SUCCESS"}) == 9
+    # 1 task, a group of 3, a chord of 3 and its body, the asyncio task, the Celery 4
+    # topology's: 10 SUCCESS states.
+    assert total(telemetry.STATES_STORED, **{"celery.state": "SUCCESS"}) == 10
     assert total(telemetry.CHORD_DISPATCHES) == 1
     assert total(telemetry.WAIT_TIMEOUTS) == 2  # a synchronous and an asyncio one
-    assert total(telemetry.QUEUES_DELETED) == 1
+    assert total(telemetry.QUEUES_DELETED) == 2  # both forgets
     # Every store declares its queue; the chord's log queues are declared too.
     assert total(telemetry.QUEUES_DECLARED) >= 8
     assert total(telemetry.STORE_RETRIES) == 0
@@ -159,6 +160,18 @@ def test_the_asyncio_api_records_its_reads_and_waits(scenario: Dict[str, Any]) -
                   if span["attributes"].get("celery.task_id") == ids["aio_missing"]]
     assert missing["attributes"]["celery_amqp_results.wait.outcome"] == "timeout"
     assert missing["status"] == "ERROR"
+
+
+def test_the_celery4_topology_records_store_read_and_forget(scenario: Dict[str, Any]) -> None:
+    task_id = scenario["ids"]["c4_task"]
+    assert scenario["ids"]["c4_read"] == 7
+    spans = {span["name"].split()[0]: span for span in scenario["spans"]
+             if span["attributes"].get("celery.task_id") == task_id}
+    assert set(spans) == {"store", "read", "forget"}
+    queue = task_id.replace("-", "")  # Celery 4's queue of a task
+    for span in spans.values():
+        assert span["attributes"]["messaging.destination.name"] == queue
+    assert spans["read"]["kind"] == "CLIENT" and spans["read"]["links"] == []
 
 
 @pytest.fixture

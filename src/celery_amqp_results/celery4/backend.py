@@ -93,7 +93,9 @@ class Celery4Backend(AMQPBackend):
 
     def _get_task_meta_for(self, task_id: str) -> Meta:
         name = celery4_queue(task_id)
-        meta = self._store.run(lambda channel: self._read_newest(channel, name, task_id))
+        # No link to a store span: Celery 4 states carry no trace context.
+        with self._telemetry.span("read", "receive", task_id, name):
+            meta = self._store.run(lambda channel: self._read_newest(channel, name, task_id))
         if meta is None:
             return {"status": states.PENDING, "result": None}
         return self._rebuild(task_id, meta)
