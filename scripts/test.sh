@@ -79,7 +79,11 @@ run_suite() {
     (
         if [ "$which" = rabbitmq4 ]; then
             # Afresh: the log check must see this run's log only.
-            as_root "$ROOT/scripts/rabbitmq4" restart
+            # Checked by hand: set -e does not apply in a subshell whose status is tested.
+            if ! as_root "$ROOT/scripts/rabbitmq4" restart; then
+                echo "test: FAILED: the RabbitMQ 4.0 node did not start" >&2
+                exit 1
+            fi
             eval "$(as_root "$ROOT/scripts/rabbitmq4" env)"
         fi
         echo "test: $versions, RabbitMQ $(${CAR_TEST_RABBITMQCTL:-rabbitmqctl} version 2>/dev/null)"
