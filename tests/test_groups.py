@@ -62,6 +62,10 @@ def test_group_saved_here_joins_in_another_process(t: Any, url: str, vhost: str)
 def test_restored_group_reports_failures_like_the_original(t: Any, url: str) -> None:
     result = group([t.add.s(1, 1), t.fail.s("member broke")]).apply_async()
     result.save()
+    # Both members finished first: get() raises as soon as the failure arrives, which
+    # under load can be before the other member's state is stored (seen on a busy
+    # machine: completed_count() 0).
+    result.join_native(timeout=30, propagate=False)
     reader = make_app(url)
     try:
         restored = GroupResult.restore(result.id, app=reader)
