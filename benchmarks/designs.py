@@ -13,7 +13,8 @@ closing note).
   announcement + confirm: three round trips per result.
 * ``predeclared`` (a) the sender declared the queue when it sent the task
   (``on_task_call``): the worker's store is the publish + announcement; the sender's
-  declaration is timed apart (it moves to the caller, it does not vanish).
+  declaration is timed apart (it moves to the caller, it does not vanish) and its
+  broker CPU is counted in the design's.
 * ``pipelined``  (b) declare with nowait, publish, announce, then one wait for both
   confirms: one round trip per result.
 * ``spread-K``   (c) today's sequence on K connections at once (threads), K = 2 and 4.

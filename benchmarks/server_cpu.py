@@ -14,7 +14,7 @@ other clients use them includes their work too.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 #: Clock ticks per second, the unit of utime and stime in /proc/<pid>/stat.
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -38,7 +38,7 @@ class ServerCpu:
         self.pids = pids
 
     @classmethod
-    def find(cls, rabbitmqctl: Callable[..., str], redis_client: object) -> ServerCpu:
+    def find(cls, rabbitmqctl: Callable[..., str], redis_client: Any) -> ServerCpu:
         """The RabbitMQ node's and redis-server's pids, each None if it cannot be found."""
         pids: Dict[str, Optional[int]] = {"rabbitmq": None, "redis": None}
         try:
@@ -47,7 +47,7 @@ class ServerCpu:
         except Exception:  # reported as "no figure", not fatal
             pass
         try:
-            pids["redis"] = int(redis_client.info("server")["process_id"])  # type: ignore[attr-defined]
+            pids["redis"] = int(redis_client.info("server")["process_id"])
         except Exception:  # likewise
             pass
         for name, pid in pids.items():
