@@ -308,3 +308,38 @@ def test_waiter_keeps_its_connection_and_queue_between_waits(app, writer, vhost)
     assert waiter_consumers(vhost) == [] and waiter_bindings(vhost) == []
     assert app.AsyncResult(second).get(timeout=5) == 2
     assert app.backend._waiter()._conn is connection
+
+
+def test_a_task_sent_just_now_that_finished_at_once_is_still_found(app, writer) -> None:
+    """A wait right after sending skips its first peek; the peek after binding finds it."""
+    task_id = new_id()
+    app.backend.on_task_call(None, task_id)  # what Celery calls as it sends the task
+    writer.mark_as_done(task_id, "already stored")
+    assert app.AsyncResult(task_id).get(timeout=5) == "already stored"
+    assert task_id not in app.backend._sent  # the skip was taken, once
+
+
+def test_late_deliveries_to_a_cancelled_consumer_are_dropped(app) -> None:
+    """The end of a wait cancels its consumer without waiting; what was already on the
+    way to it must not answer a later wait for the same task as if it were new."""
+    from amqp import Message
+
+    from celery_amqp_results.waiter import _Session
+
+    waiter = app.backend._waiter()
+    task_id = new_id()
+    session = _Session({task_id}, None)
+    waiter._sessions.append(session)
+    try:
+        waiter._consumer_tag = "amq.ctag-current"
+        stale = Message(b"{}", correlation_id=task_id)
+        stale.delivery_info = {"consumer_tag": "amq.ctag-cancelled", "routing_key": task_id}
+        waiter._on_message(stale)
+        assert list(session.inbox) == []
+        fresh = Message(b"{}", correlation_id=task_id)
+        fresh.delivery_info = {"consumer_tag": "amq.ctag-current", "routing_key": task_id}
+        waiter._on_message(fresh)
+        assert [entry[0] for entry in session.inbox] == [task_id]
+    finally:
+        waiter._sessions.remove(session)
+        waiter._consumer_tag = None

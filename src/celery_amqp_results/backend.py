@@ -19,6 +19,7 @@ from celery import states
 from celery.backends.base import BaseBackend
 from celery.exceptions import SecurityError
 from celery.result import GroupResult, result_from_tuple
+from kombu.utils.functional import LRUCache
 
 from . import connection as conn_mod
 from .chordlog import ChordLog
@@ -41,6 +42,13 @@ from .waiter import Waiter, drain
 Meta = Dict[str, Any]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds after sending a task within which a wait for it skips its first peek: a
+#: task this young is almost never finished (waiter.py, ``_arm``).
+JUST_SENT = 0.05
+
+#: How many recently sent task ids a process remembers for JUST_SENT.
+SENT_CACHE_SIZE = 1000
 
 
 def runs_task_in_worker(request: Any) -> bool:
@@ -123,6 +131,8 @@ class AMQPBackend(BaseBackend):
         #: Every thread's waiter in this process, so close() reaches them all.
         self._waiters: weakref.WeakSet[Waiter] = weakref.WeakSet()
         self._pid = os.getpid()
+        #: Task ids this process sent lately, with when (time.monotonic()).
+        self._sent = LRUCache(limit=SENT_CACHE_SIZE)
 
     # -- naming (seed API) -------------------------------------------------------------------
 
@@ -148,6 +158,14 @@ class AMQPBackend(BaseBackend):
         if include_password or conn_mod.is_bare(url):
             return url
         return conn_mod.sanitize(url)
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Celery sends ``task_id`` now: remembered, so a wait right after skips a peek."""
+        self._sent[task_id] = time.monotonic()
+
+    def _just_sent(self, task_id: str) -> bool:
+        sent = self._sent.pop(task_id, None)
+        return sent is not None and time.monotonic() - sent < JUST_SENT
 
     # -- storing -----------------------------------------------------------------------------
 
@@ -334,7 +352,8 @@ class AMQPBackend(BaseBackend):
         meta: Meta = (self._cache.get(task_id) if cache else None) or {}
         if meta.get("status") not in READY_STATES:
             with self._wait([task_id], timeout) as wait:
-                for _, state in self._waiter().states([task_id], timeout, on_interval):
+                for _, state in self._waiter().states([task_id], timeout, on_interval,
+                                                      self._just_sent(task_id)):
                     wait.state(task_id)
                     if on_message is not None:
                         on_message(state)
@@ -370,7 +389,8 @@ class AMQPBackend(BaseBackend):
         ``timeout`` is one deadline for the whole join.  ``max_iterations=1`` (what
         ``ResultSet`` uses to look without waiting) yields only what is ready now.
         """
-        ids = set(task_ids)
+        order = list(dict.fromkeys(task_ids))
+        ids = set(order)
         for task_id in sorted(ids):
             self.names.task_queue(task_id)  # validate every id before waiting
             cached = self._cache.get(task_id)
@@ -386,7 +406,8 @@ class AMQPBackend(BaseBackend):
                     yield task_id, self._remember(task_id, meta, decoded=True)
             return
         with self._wait(ids, timeout) as wait:
-            for task_id, meta in self._waiter().states(ids, timeout, on_interval):
+            for task_id, meta in self._waiter().states(
+                    [task_id for task_id in order if task_id in ids], timeout, on_interval):
                 wait.state(task_id)
                 if on_message is not None:
                     on_message(meta)
