@@ -22,6 +22,19 @@ closing note).
   publish and announcement, then the confirms read once for the whole group.
 
 Rates here are the broker's floor for each design, not the backend's figures.
+
+Two more tables (``--waits N``, ``--no-hazards`` to skip the second):
+
+* waits: the broker's side of one ``delay().get()`` under two wait protocols, task
+  message left out (it is the same for every backend): ``bind`` is today's (bind the
+  waiter queue, consume, peek the task's queue, which does not exist yet, the store,
+  the announcement, unbind, cancel, purge); ``direct`` is design (e), the store
+  announcing to the sender's waiter queue by the task's ``reply_to``: no binding, no
+  peek, what a waiter needs only when that queue existed before the task was sent.
+* hazards of design (a), on the broker: a read of a queue declared at send but not
+  stored in yet (today's read takes an empty queue for another reader's hold and reads
+  it again, amqp_results_peek_attempts times), and what a PENDING marker stored at send,
+  the way round that, does to a task id sent again: it replaces the stored result.
 """
 from __future__ import annotations
 
@@ -32,10 +45,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import amqp
 import redis
+from amqp.exceptions import NotFound
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -196,11 +210,117 @@ def batched(vhost: str, count: int, group: int) -> float:
         ch.close()
 
 
+def wait_protocol(vhost: str, count: int, direct: bool) -> float:
+    """Seconds for ``count`` waits, the broker's work of each in sequence (see module)."""
+    ch = Confirming(vhost)
+    waiter = ch.conn.channel()
+    peeker = ch.conn.channel()
+    queue = waiter.queue_declare("", exclusive=True, auto_delete=False)[0]
+    delivered: List[Any] = []
+    try:
+        started = time.perf_counter()
+        for task_queue in names(count):
+            if not direct:
+                waiter.queue_bind(queue, ANNOUNCE, task_queue)
+            tag = waiter.basic_consume(queue, no_ack=True, callback=delivered.append)
+            if not direct:
+                try:
+                    peeker.basic_get(task_queue)  # not stored yet: a channel error
+                except NotFound:
+                    peeker = ch.conn.channel()
+            ch.declare(task_queue)
+            ch.publish(task_queue, announce=False)
+            ch.wait_confirms()
+            if direct:
+                ch.channel.basic_publish(amqp.Message(BODY, **PROPERTIES), exchange="",
+                                         routing_key=queue)
+                ch._sent()
+            else:
+                ch.announce(task_queue)
+            ch.wait_confirms()
+            while not delivered:
+                ch.conn.drain_events(timeout=30)
+            delivered.clear()
+            if not direct:
+                waiter.queue_unbind(queue, ANNOUNCE, task_queue, nowait=True)
+            waiter.basic_cancel(tag, nowait=True)
+            waiter.queue_purge(queue, nowait=True)
+        return time.perf_counter() - started
+    finally:
+        ch.close()
+
+
+def read_of_declared_queue(vhost: str, attempts: int) -> float:
+    """Seconds one read (today's peek) takes on a queue that exists and holds nothing."""
+    from celery_amqp_results.read import peek
+
+    ch = Confirming(vhost)
+    try:
+        queue = names(1)[0]
+        ch.declare(queue)
+        started = time.perf_counter()
+        if peek(ch.channel, queue, attempts) is not None:
+            raise RuntimeError("an empty queue answered a state")
+        return time.perf_counter() - started
+    finally:
+        ch.close()
+
+
+def marker_replaces_result(vhost: str) -> bool:
+    """True if a PENDING marker published when a task id is sent again drops its result."""
+    ch = Confirming(vhost)
+    try:
+        queue = names(1)[0]
+        ch.declare(queue)
+        ch.channel.basic_publish(amqp.Message(b"SUCCESS", **PROPERTIES), exchange="",
+                                 routing_key=queue)
+        ch.channel.basic_publish(amqp.Message(b"PENDING", **PROPERTIES), exchange="",
+                                 routing_key=queue)
+        ch.published += 2
+        ch.outstanding.update({ch.published - 1, ch.published})
+        ch.wait_confirms()
+        message = ch.channel.basic_get(queue, no_ack=True)
+        # py-amqp hands a utf-8 body over as text
+        return message is not None and message.body in (b"PENDING", "PENDING")
+    finally:
+        ch.close()
+
+
+def report_waits(vhost: str, cpu: ServerCpu, count: int, reps: int) -> None:
+    rates: Dict[str, List[float]] = {"bind": [], "direct": []}
+    cpus: Dict[str, List[float]] = {"bind": [], "direct": []}
+    for _ in range(reps):
+        for key in rates:
+            before = cpu.sample()
+            seconds = wait_protocol(vhost, count, direct=key == "direct")
+            rates[key].append(seconds / count * 1000)
+            cpus[key].append(ServerCpu.per_1000(before, cpu.sample(), count)
+                             .get("rabbitmq", float("nan")))
+    print(f"waits: {count} per protocol and rep, {reps} reps, medians")
+    print(f"{'protocol':<12} {'ms per wait':>12} {'broker CPU s/1000':>18}")
+    for key in rates:
+        print(f"{key:<12} {statistics.median(rates[key]):>12.2f} "
+              f"{statistics.median(cpus[key]):>18.2f}")
+
+
+def report_hazards(vhost: str) -> None:
+    from celery_amqp_results.settings import DEFAULT_PEEK_ATTEMPTS
+
+    seconds = read_of_declared_queue(vhost, DEFAULT_PEEK_ATTEMPTS)
+    print(f"hazards of (a): one read of a declared, not yet stored result: "
+          f"{seconds * 1000:.0f} ms ({DEFAULT_PEEK_ATTEMPTS} reads; a missing queue: one)")
+    lost = marker_replaces_result(vhost)
+    print(f"hazards of (a): a PENDING marker stored when a task id is sent again "
+          f"{'REPLACES its stored result (result lost)' if lost else 'keeps the result'}")
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=int, default=400, help="results per design and rep")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--group", type=int, default=100, help="group size of 'batched'")
+    parser.add_argument("--waits", type=int, default=200, help="waits per wait protocol")
+    parser.add_argument("--no-hazards", action="store_true", help="skip the hazards of (a)")
     args = parser.parse_args(argv)
     cpu = ServerCpu.find(rabbitmqctl, redis.Redis(host="127.0.0.1", port=6379))
     vhost = f"car-designs-{uuid.uuid4().hex[:8]}"
@@ -242,6 +362,17 @@ def main(argv: List[str] | None = None) -> int:
               f" {statistics.median(cpus[key]):>18.2f}")
     print(f"predeclared: the sender's declarations ran at "
           f"{args.results / statistics.median(sender):.0f}/s (not in its rate)")
+    vhost = f"car-designs-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        print()
+        report_waits(vhost, cpu, args.waits, args.reps)
+        if not args.no_hazards:
+            print()
+            report_hazards(vhost)
+    finally:
+        delete_vhost(vhost)
     return 0
 
 
