@@ -70,13 +70,14 @@ class Celery4Waiter:
 
     def states(self, task_ids: Iterable[str], timeout: Optional[float] = None,
                on_interval: Optional[Callable[[], Any]] = None,
-               ) -> Iterator[Tuple[str, Meta]]:
+               just_sent: bool = False) -> Iterator[Tuple[str, Meta]]:
         """Yield ``(task_id, meta)`` for each state of ``task_ids`` until all are ready.
 
         A ready state already stored is yielded at once; other states as they are
         pushed after the wait began.  ``timeout`` is one deadline for the whole wait
         (``0`` checks once), TimeoutError past it; a lost connection is reconnected
-        within the same deadline.
+        within the same deadline.  ``just_sent`` is accepted as the default
+        topology's waiter takes it, and changes nothing here.
         """
         names = {task_id: queue_name(task_id) for task_id in task_ids}  # before any I/O
         pending: Set[str] = set(names)
