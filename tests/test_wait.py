@@ -343,3 +343,138 @@ def test_late_deliveries_to_a_cancelled_consumer_are_dropped(app) -> None:
     finally:
         waiter._sessions.remove(session)
         waiter._consumer_tag = None
+
+
+# -- design (e): direct announcements to the sending thread's waiter queue --------------------
+
+
+def sent_by_this_thread(app, task_id: str, **options: Any) -> None:
+    """Publish the task message as apply_async does, to a queue no worker of the suite
+    consumes (the test plays the worker)."""
+    app.send_task("tests.direct", task_id=task_id, queue="car-tests.no-worker", **options)
+
+
+def as_worker(app):
+    """The request a worker stores with: the task message's reply_to (app.thread_oid,
+    which is per thread: call this in the thread that sent the task)."""
+    from celery.app.task import Context
+
+    return Context(reply_to=app.thread_oid)
+
+
+def connect_waiter(app) -> None:
+    """A first wait connects this thread's waiter (pre-arming needs its queue to exist)."""
+    with pytest.raises(TimeoutError):
+        app.AsyncResult(new_id()).get(timeout=0.1)
+
+
+def test_a_wait_for_a_task_this_thread_sent_binds_nothing(app, writer, vhost) -> None:
+    connect_waiter(app)
+    waiter = app.backend._waiter()
+    seen: Dict[str, List[Any]] = {}
+    request = as_worker(app)  # here: thread_oid is this thread's
+    for kind in ("sent here", "sent elsewhere"):
+        task_id = new_id()
+        if kind == "sent here":
+            sent_by_this_thread(app, task_id)
+
+        def look_then_store(kind: str = kind, task_id: str = task_id) -> None:
+            # While the wait below waits (it cannot end before this store), well
+            # inside its grace: the ids its waiter has bound.  (Not the broker's
+            # listing: rabbitmqctl can take longer than the grace on RabbitMQ 4.0.)
+            seen[kind] = list(waiter._bound)
+            writer.mark_as_done(task_id, "pushed", request=request)
+        later(0.3, look_then_store)
+        assert app.AsyncResult(task_id).get(timeout=10) == "pushed"
+        seen[kind + " id"] = [task_id]
+    assert seen["sent here"] == []
+    # The control: a task this thread did not send is waited for by binding.
+    assert seen["sent elsewhere"] == seen["sent elsewhere id"]
+    assert waiter_bindings(vhost) == []  # and nothing is left bound
+
+
+def test_a_task_this_thread_sent_that_finished_before_the_wait_is_found(app, writer) -> None:
+    connect_waiter(app)
+    task_id = new_id()
+    sent_by_this_thread(app, task_id)
+    writer.store_result(task_id, {"step": 1}, "PROGRESS", request=as_worker(app))
+    writer.mark_as_done(task_id, "done early", request=as_worker(app))
+    assert app.AsyncResult(task_id).get(timeout=5) == "done early"
+    # Its announcements were taken off the queue by that wait: a wait again (no cache)
+    # must still end, by peeking.
+    states_seen = [meta["status"] for meta in app.backend.consume(task_id, timeout=5)]
+    assert states_seen == [states.SUCCESS]
+
+
+def test_a_pre_armed_task_finishing_during_another_wait_is_found_later(app, writer) -> None:
+    connect_waiter(app)
+    first, second = new_id(), new_id()
+    sent_by_this_thread(app, first)
+    sent_by_this_thread(app, second)
+    request = as_worker(app)  # here: thread_oid is this thread's
+    later(0.2, lambda: writer.mark_as_done(second, "second", request=request))
+    later(0.5, lambda: writer.mark_as_done(first, "first", request=request))
+    assert app.AsyncResult(first).get(timeout=10) == "first"
+    # second's announcement reached the first wait, which did not want it.
+    assert app.AsyncResult(second).get(timeout=5) == "second"
+
+
+def test_a_task_sent_with_another_reply_to_is_waited_for_by_binding(app, writer, vhost) -> None:
+    connect_waiter(app)
+    task_id = new_id()
+    sent_by_this_thread(app, task_id, reply_to="somewhere-else")
+    seen: List[Any] = []
+
+    def look_then_store() -> None:
+        seen.append(waiter_bindings(vhost))
+        writer.mark_as_done(task_id, "bound")
+    later(0.3, look_then_store)
+    assert app.AsyncResult(task_id).get(timeout=10) == "bound"
+    assert seen and seen[0] != []
+
+
+def test_a_reply_name_held_elsewhere_falls_back_to_binding(url, writer, vhost) -> None:
+    import amqp
+
+    app = make_app(url)
+    holder = amqp.Connection(host=f"{broker.HOST}:{broker.PORT}", userid="guest",
+                             password="guest", virtual_host=vhost)
+    holder.connect()
+    try:
+        name = app.backend.names.reply_queue(app.thread_oid)
+        holder.channel().queue_declare(name, exclusive=True, auto_delete=False)
+        connect_waiter(app)
+        assert app.backend._waiter().direct is False
+        task_id = new_id()
+        sent_by_this_thread(app, task_id)
+        writer.mark_as_done(task_id, "found by a peek", request=as_worker(app))
+        assert app.AsyncResult(task_id).get(timeout=5) == "found by a peek"
+    finally:
+        holder.close()
+        app.backend.close()
+
+
+def test_reply_queue_only_for_a_uuid_reply_to(app) -> None:
+    names = app.backend.names
+    assert names.reply_queue("celery") is None
+    assert names.reply_queue(None) is None
+    assert names.reply_queue("0d9c5f04-6f5e-3f3a-9a8e-1c2d3e4f5a6b") == (
+        names.waiter_prefix + "reply-0d9c5f04-6f5e-3f3a-9a8e-1c2d3e4f5a6b")
+
+
+def test_a_pre_armed_task_whose_worker_announces_nothing_directly_still_ends(app, writer) -> None:
+    """A worker of an older release publishes no direct announcement: after the grace
+    the wait binds and peeks, and ends (it must never hang on a pre-armed task)."""
+    connect_waiter(app)
+    task_id = new_id()
+    sent_by_this_thread(app, task_id)
+    later(0.2, lambda: writer.mark_as_done(task_id, "the old way"))  # no reply_to
+    assert app.AsyncResult(task_id).get(timeout=20) == "the old way"
+
+
+def test_timeout_zero_finds_a_pre_armed_task_already_stored(app, writer) -> None:
+    connect_waiter(app)
+    task_id = new_id()
+    sent_by_this_thread(app, task_id)
+    writer.mark_as_done(task_id, "stored", request=as_worker(app))
+    assert app.AsyncResult(task_id).get(timeout=0) == "stored"

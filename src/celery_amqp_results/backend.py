@@ -19,6 +19,7 @@ from celery import states
 from celery.backends.base import BaseBackend
 from celery.exceptions import SecurityError
 from celery.result import GroupResult, result_from_tuple
+from celery.signals import before_task_publish
 from kombu.utils.functional import LRUCache
 
 from . import connection as conn_mod
@@ -133,6 +134,8 @@ class AMQPBackend(BaseBackend):
         self._pid = os.getpid()
         #: Task ids this process sent lately, with when (time.monotonic()).
         self._sent = LRUCache(limit=SENT_CACHE_SIZE)
+        # Weak: a backend that goes away takes its receiver with it.
+        before_task_publish.connect(self._before_publish)
 
     # -- naming (seed API) -------------------------------------------------------------------
 
@@ -162,6 +165,23 @@ class AMQPBackend(BaseBackend):
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Celery sends ``task_id`` now: remembered, so a wait right after skips a peek."""
         self._sent[task_id] = time.monotonic()
+
+    def _before_publish(self, sender: Any = None, headers: Optional[Dict[str, Any]] = None,
+                        properties: Optional[Dict[str, Any]] = None, body: Any = None,
+                        **kwargs: Any) -> None:
+        """``before_task_publish``: a task this thread sends with its waiter queue as
+        reply queue is pre-armed, so waiting for it binds nothing (waiter.py)."""
+        waiter = getattr(self._local, "waiter", None)
+        if waiter is None or self._local.pid != os.getpid() or not waiter.direct:
+            return
+        reply = self.names.reply_queue((properties or {}).get("reply_to"))
+        if reply is None or reply != waiter.queue_name:
+            return
+        task_id = (headers or {}).get("id")
+        if task_id is None and isinstance(body, dict):
+            task_id = body.get("id")  # task protocol 1
+        if isinstance(task_id, str):
+            waiter.pre_arm(task_id)
 
     def _just_sent(self, task_id: str) -> bool:
         sent = self._sent.pop(task_id, None)
@@ -198,11 +218,13 @@ class AMQPBackend(BaseBackend):
             # the latter on every version, so readers always get an offset.
             meta["date_done"] = self.app.now().isoformat()
         meta["task_id"] = task_id
-        self._put("store", task_id, state, queue_name, self.rkey(task_id), meta)
+        self._put("store", task_id, state, queue_name, self.rkey(task_id), meta,
+                  self.names.reply_queue(getattr(request, "reply_to", None)))
         return result
 
     def _put(self, operation: str, task_id: str, state: str, queue_name: str,
-             routing_key: Optional[str], meta: Meta) -> None:
+             routing_key: Optional[str], meta: Meta,
+             reply_queue: Optional[str] = None) -> None:
         """Serialize and store one state, in a span carrying the trace it was stored in."""
         body, content_type, content_encoding = self._serialize(meta)
         of = "group" if operation == "save_group" else "task"
@@ -211,7 +233,7 @@ class AMQPBackend(BaseBackend):
             headers: Dict[str, Any] = {}
             self._telemetry.inject(headers)
             self._store.put(task_id, state, queue_name, routing_key, body, content_type,
-                            content_encoding, headers=headers)
+                            content_encoding, headers=headers, reply_queue=reply_queue)
         self._telemetry.count("states_stored", 1, {"celery.state": state})
 
     def _serialize(self, meta: Meta) -> Tuple[bytes, str, str]:
@@ -323,7 +345,8 @@ class AMQPBackend(BaseBackend):
             if waiter is not None:
                 waiter.forget_after_fork()
             waiter = Waiter(self._template.clone, self.topology, self._decode,
-                            self.settings.peek_attempts, self.retry_policy)
+                            self.settings.peek_attempts, self.retry_policy,
+                            self.names.reply_queue(self.app.thread_oid))
             local.waiter, local.pid = waiter, os.getpid()
             if self._pid != local.pid:  # first waiter in a forked child
                 self._waiters, self._pid = weakref.WeakSet(), local.pid

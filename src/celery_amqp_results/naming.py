@@ -1,12 +1,17 @@
 """Names on the broker: validated task ids, result queue names and routing keys."""
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Optional
 
 from .errors import InvalidTaskIdError
 
 #: AMQP 0-9-1 short strings (queue names, routing keys) hold at most 255 bytes.
 SHORTSTR_MAX = 255
+
+#: A ``reply_to`` as Celery sets it (an app's thread oid, a UUID): the only kind a
+#: store announces to directly, so a task message cannot aim states at any queue.
+REPLY_TO = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def validate_id(value: Any, prefix: str, kind: str = "task id") -> str:
@@ -57,6 +62,13 @@ class Names:
     def chord_size_queue(self, group_id: Any) -> str:
         """Name of the queue that holds a native chord's size."""
         return self.chord_size_prefix + validate_id(group_id, self.chord_size_prefix, "group id")
+
+    def reply_queue(self, reply_to: Any) -> Optional[str]:
+        """The waiter queue of the thread whose tasks carry ``reply_to``; None unless
+        ``reply_to`` is a UUID (what Celery sets: ``app.thread_oid``)."""
+        if isinstance(reply_to, str) and REPLY_TO.fullmatch(reply_to):
+            return f"{self.waiter_prefix}reply-{reply_to}"
+        return None
 
     def routing_key(self, task_id: Any) -> str:
         """Routing key on the notify exchange under which a task's states are announced."""

@@ -139,10 +139,15 @@ class Store:
 
     def put(self, task_id: str, state: str, queue_name: str, routing_key: Optional[str],
             body: bytes, content_type: str, content_encoding: str,
-            headers: Optional[Dict[str, Any]] = None) -> None:
+            headers: Optional[Dict[str, Any]] = None,
+            reply_queue: Optional[str] = None) -> None:
         """Store one state of ``task_id`` in ``queue_name``; announce it under ``routing_key``.
 
-        ``headers`` are added to the message's (a trace context, telemetry.py).
+        ``headers`` are added to the message's (a trace context, telemetry.py).  With
+        a ``reply_queue`` (the sending thread's waiter queue) the state is announced
+        there too, straight through the default exchange: a waiter that pre-armed the
+        task binds nothing (waiter.py).  If that queue does not exist, the broker drops
+        the announcement.
         """
         properties = self._properties(task_id, content_type, content_encoding,
                                       self.topology.expires_at(state, time.time()), headers)
@@ -159,6 +164,13 @@ class Store:
                     # A waiter queue bound to this id is on a node that is down: its
                     # waiter lost its connection too, and peeks when it reconnects.
                     logger.debug("announcement of %s state of %s nacked", state, task_id)
+                if reply_queue is not None:
+                    try:
+                        channel.basic_publish(amqp.Message(body, **properties),
+                                              exchange="", routing_key=reply_queue)
+                    except amqp.exceptions.MessageNacked:  # as above
+                        logger.debug("direct announcement of %s state of %s nacked",
+                                     state, task_id)
 
         self.run(operation)
 
