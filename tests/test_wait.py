@@ -363,9 +363,22 @@ def as_worker(app):
 
 
 def connect_waiter(app) -> None:
-    """A first wait connects this thread's waiter (pre-arming needs its queue to exist)."""
-    with pytest.raises(TimeoutError):
-        app.AsyncResult(new_id()).get(timeout=0.1)
+    """A first wait connects this thread's waiter (pre-arming needs its queue to exist).
+
+    An app of an earlier test can have had this app's address, hence its thread oid,
+    and so its waiter's queue name; RabbitMQ deletes an exclusive queue shortly after
+    its connection closed, and until then the name is taken (the waiter then binds, as
+    it should).  These tests are about the reply name: wait until it is free.
+    """
+    for _ in range(50):
+        with pytest.raises(TimeoutError):
+            app.AsyncResult(new_id()).get(timeout=0.1)
+        waiter = app.backend._waiter()
+        if waiter.direct:
+            return
+        waiter.close()
+        time.sleep(0.1)
+    raise AssertionError("the waiter never got its reply name")
 
 
 def test_a_wait_for_a_task_this_thread_sent_binds_nothing(app, writer, vhost) -> None:
@@ -443,7 +456,8 @@ def test_a_reply_name_held_elsewhere_falls_back_to_binding(url, writer, vhost) -
     try:
         name = app.backend.names.reply_queue(app.thread_oid)
         holder.channel().queue_declare(name, exclusive=True, auto_delete=False)
-        connect_waiter(app)
+        with pytest.raises(TimeoutError):
+            app.AsyncResult(new_id()).get(timeout=0.1)  # connects the waiter
         assert app.backend._waiter().direct is False
         task_id = new_id()
         sent_by_this_thread(app, task_id)

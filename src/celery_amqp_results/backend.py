@@ -52,6 +52,23 @@ JUST_SENT = 0.05
 SENT_CACHE_SIZE = 1000
 
 
+#: Every backend of this process, for the one ``before_task_publish`` receiver below.
+_BACKENDS: weakref.WeakSet[AMQPBackend] = weakref.WeakSet()
+
+
+def _pre_arm(sender: Any = None, **kwargs: Any) -> None:
+    """``before_task_publish``: each backend pre-arms the task if it is its thread's.
+
+    One receiver for all backends: Celery 5.3 tells receivers apart by their function
+    alone, so a bound method of each backend would register only the first backend's.
+    """
+    for backend in list(_BACKENDS):
+        backend._before_publish(**kwargs)
+
+
+before_task_publish.connect(_pre_arm, weak=False, dispatch_uid="celery_amqp_results.pre_arm")
+
+
 def runs_task_in_worker(request: Any) -> bool:
     """True when ``request`` is a task a worker is executing (not eager, not a client)."""
     return (request is not None and getattr(request, "called_directly", True) is False
@@ -134,8 +151,7 @@ class AMQPBackend(BaseBackend):
         self._pid = os.getpid()
         #: Task ids this process sent lately, with when (time.monotonic()).
         self._sent = LRUCache(limit=SENT_CACHE_SIZE)
-        # Weak: a backend that goes away takes its receiver with it.
-        before_task_publish.connect(self._before_publish)
+        _BACKENDS.add(self)
 
     # -- naming (seed API) -------------------------------------------------------------------
 
@@ -166,11 +182,12 @@ class AMQPBackend(BaseBackend):
         """Celery sends ``task_id`` now: remembered, so a wait right after skips a peek."""
         self._sent[task_id] = time.monotonic()
 
-    def _before_publish(self, sender: Any = None, headers: Optional[Dict[str, Any]] = None,
+    def _before_publish(self, headers: Optional[Dict[str, Any]] = None,
                         properties: Optional[Dict[str, Any]] = None, body: Any = None,
                         **kwargs: Any) -> None:
-        """``before_task_publish``: a task this thread sends with its waiter queue as
-        reply queue is pre-armed, so waiting for it binds nothing (waiter.py)."""
+        """A task this thread sends with its waiter queue as reply queue is pre-armed,
+        so waiting for it binds nothing (waiter.py).  Must never raise: it runs inside
+        ``apply_async``."""
         waiter = getattr(self._local, "waiter", None)
         if waiter is None or self._local.pid != os.getpid() or not waiter.direct:
             return
