@@ -276,8 +276,8 @@ def marker_replaces_result(vhost: str) -> bool:
                                  routing_key=queue)
         ch.channel.basic_publish(amqp.Message(b"PENDING", **PROPERTIES), exchange="",
                                  routing_key=queue)
-        ch.published += 2
-        ch.outstanding.update({ch.published - 1, ch.published})
+        ch._sent()
+        ch._sent()
         ch.wait_confirms()
         message = ch.channel.basic_get(queue, no_ack=True)
         # py-amqp hands a utf-8 body over as text
